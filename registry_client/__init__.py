@@ -1,0 +1,38 @@
+"""Python client of the model registry: Registry, its Model/ModelVersion/Checkpoint objects and errors."""
+
+from .client import Registry
+from .errors import (
+    AbortedError,
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RegistryError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from .objects import Checkpoint, CheckpointState, Model, ModelOrderBy, ModelSortBy, ModelVersion
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "Checkpoint",
+    "CheckpointState",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "Model",
+    "ModelOrderBy",
+    "ModelSortBy",
+    "ModelVersion",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Registry",
+    "RegistryError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
+]

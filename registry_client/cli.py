@@ -1,0 +1,408 @@
+"""model-registry: the command line for models, model versions and checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import enum
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .client import Registry, default_target
+from .errors import RegistryError
+from .objects import Checkpoint, CheckpointState, Model, ModelOrderBy, ModelSortBy, ModelVersion
+
+# (heading, getter) per object type: `describe` shows them all, list tables the ones named below.
+MODEL_FIELDS: list[tuple[str, Callable[[Model], Any]]] = [
+    ("Name", lambda m: m.name),
+    ("Description", lambda m: m.description),
+    ("Metadata", lambda m: m.metadata),
+    ("Labels", lambda m: m.labels),
+    ("Notes", lambda m: m.notes),
+    ("Archived", lambda m: m.archived),
+    ("Owner", lambda m: m.owner),
+    ("Created", lambda m: m.creation_time),
+    ("Last updated", lambda m: m.last_updated_time),
+    ("Versions", lambda m: m.num_versions),
+    ("Latest version", lambda m: m.latest_version),
+]
+MODEL_COLUMNS = ["Name", "Description", "Labels", "Archived", "Versions", "Last updated"]
+
+VERSION_FIELDS: list[tuple[str, Callable[[ModelVersion], Any]]] = [
+    ("Model", lambda v: v.model_name),
+    ("Version", lambda v: v.version),
+    ("Checkpoint", lambda v: v.checkpoint.uuid),
+    ("Name", lambda v: v.name),
+    ("Comment", lambda v: v.comment),
+    ("Labels", lambda v: v.labels),
+    ("Metadata", lambda v: v.metadata),
+    ("Notes", lambda v: v.notes),
+    ("Owner", lambda v: v.owner),
+    ("Created", lambda v: v.creation_time),
+    ("Last updated", lambda v: v.last_updated_time),
+    ("Metrics", lambda v: v.checkpoint.metrics),
+]
+VERSION_COLUMNS = ["Version", "Checkpoint", "Name", "Comment", "Labels", "Created"]
+
+CHECKPOINT_FIELDS: list[tuple[str, Callable[[Checkpoint], Any]]] = [
+    ("UUID", lambda c: c.uuid),
+    ("Experiment", lambda c: c.experiment_id),
+    ("Trial", lambda c: c.trial_id),
+    ("Batch", lambda c: c.batch_number),
+    ("State", lambda c: c.state),
+    ("Framework", lambda c: c.framework),
+    ("Format", lambda c: c.format),
+    ("Metrics", lambda c: c.metrics),
+    ("Hparams", lambda c: c.hparams),
+    ("Metadata", lambda c: c.metadata),
+    ("Experiment config", lambda c: c.experiment_config),
+    ("Resources", lambda c: c.resources),
+    ("Storage URI", lambda c: c.storage_uri),
+    ("Reported", lambda c: c.report_time),
+]
+CHECKPOINT_COLUMNS = ["UUID", "Experiment", "Trial", "Batch", "State", "Metrics", "Reported"]
+
+
+def _text(value: Any) -> str:
+    """Render one value for a human: dicts as compact JSON, lists comma-separated, times in UTC."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":")) if value else ""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> None:
+    """Print rows as left-aligned columns, under headers when given."""
+    lines = [[_text(cell) for cell in row] for row in rows]
+    if headers:
+        lines.insert(0, list(headers))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))] if lines else []
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _print_list(objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]) -> None:
+    getters = [get for heading, get in fields if heading in columns]
+    headings = [heading for heading, _ in fields if heading in columns]
+    print_table([[get(o) for get in getters] for o in objects], headings)
+
+
+def _print_object(obj: Any, fields: list[tuple[str, Callable]]) -> None:
+    print_table([(f"{heading}:", get(obj)) for heading, get in fields])
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _show(args: argparse.Namespace, obj: Any, fields: list[tuple[str, Callable]]) -> None:
+    if args.json:
+        _print_json(obj.to_dict())
+    else:
+        _print_object(obj, fields)
+
+
+def _show_list(
+    args: argparse.Namespace, objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]
+) -> None:
+    if args.json:
+        _print_json([o.to_dict() for o in objects])
+    else:
+        _print_list(objects, fields, columns)
+
+
+def _done(args: argparse.Namespace, message: str) -> None:
+    # Scripts get valid (empty) JSON to parse even from commands that return nothing.
+    print("{}" if args.json else message)
+
+
+# Commands: each takes the connected Registry and the parsed arguments.
+
+
+def model_create(r: Registry, args: argparse.Namespace) -> None:
+    model = r.create_model(args.name, args.description, args.metadata, args.label, args.notes)
+    _show(args, model, MODEL_FIELDS)
+
+
+def model_list(r: Registry, args: argparse.Namespace) -> None:
+    models = r.get_models(
+        sort_by=ModelSortBy[args.sort_by.upper()] if args.sort_by else None,
+        order_by=ModelOrderBy[args.order_by.upper()] if args.order_by else None,
+        name=args.name,
+        description=args.description,
+        labels=args.label,
+        archived=args.archived,
+        owner=args.owner,
+    )
+    _show_list(args, models, MODEL_FIELDS, MODEL_COLUMNS)
+
+
+def model_describe(r: Registry, args: argparse.Namespace) -> None:
+    model = r.get_model(args.name)
+    version = model.get_version()
+    if args.json:
+        _print_json({"model": model.to_dict(), "modelVersion": version.to_dict() if version else None})
+        return
+    _print_object(model, MODEL_FIELDS)
+    print()
+    if version is None:
+        print(f"Model {model.name} has no versions.")
+    else:
+        print(f"Latest version ({version.version}):")
+        _print_object(version, VERSION_FIELDS)
+
+
+def model_register(r: Registry, args: argparse.Namespace) -> None:
+    version = r.get_model(args.name).register_version(
+        args.checkpoint_uuid, args.version_name, args.comment, args.label, args.metadata, args.notes
+    )
+    _show(args, version, VERSION_FIELDS)
+
+
+def model_list_versions(r: Registry, args: argparse.Namespace) -> None:
+    _show_list(args, r.get_model(args.name).get_versions(), VERSION_FIELDS, VERSION_COLUMNS)
+
+
+def model_archive(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_model(args.name).archive(), MODEL_FIELDS)
+
+
+def model_unarchive(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_model(args.name).unarchive(), MODEL_FIELDS)
+
+
+def model_delete(r: Registry, args: argparse.Namespace) -> None:
+    r.delete_model(args.name)
+    _done(args, f"Deleted model {args.name}.")
+
+
+def model_add_metadata(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_model(args.name).add_metadata(args.metadata), MODEL_FIELDS)
+
+
+def model_remove_metadata(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_model(args.name).remove_metadata(args.keys), MODEL_FIELDS)
+
+
+def model_rename(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_model(args.name).rename(args.new_name), MODEL_FIELDS)
+
+
+def model_labels(r: Registry, args: argparse.Namespace) -> None:
+    labels = r.get_model_labels()
+    if args.json:
+        _print_json(labels)
+    else:
+        for label in labels:
+            print(label)
+
+
+def checkpoint_create(r: Registry, args: argparse.Namespace) -> None:
+    checkpoint = r.create_checkpoint(
+        uuid=args.uuid,
+        experiment_id=args.experiment_id,
+        trial_id=args.trial_id,
+        batch_number=args.batch_number,
+        experiment_config=args.experiment_config,
+        hparams=args.hparams,
+        resources=args.resources,
+        metadata=args.metadata,
+        framework=args.framework,
+        format=args.format,
+        metrics=args.metrics,
+        state=CheckpointState[args.state.upper()] if args.state else None,
+        storage_uri=args.storage_uri,
+    )
+    _show(args, checkpoint, CHECKPOINT_FIELDS)
+
+
+def checkpoint_describe(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_checkpoint(args.uuid), CHECKPOINT_FIELDS)
+
+
+def checkpoint_list(r: Registry, args: argparse.Namespace) -> None:
+    checkpoints = r.get_checkpoints(
+        experiment_id=args.experiment_id,
+        trial_id=args.trial_id,
+        sort_by_metric=args.sort_by_metric,
+        smaller_is_better=args.smaller_is_better,
+    )
+    _show_list(args, checkpoints, CHECKPOINT_FIELDS, CHECKPOINT_COLUMNS)
+
+
+def checkpoint_delete(r: Registry, args: argparse.Namespace) -> None:
+    r.delete_checkpoint(args.uuid)
+    _done(args, f"Deleted checkpoint {args.uuid}.")
+
+
+# Argument parsing
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at column {err.colno}): {text!r}")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": \"value\"}}', got {text!r}")
+    return value
+
+
+def json_sizes(text: str) -> dict[str, int]:
+    """argparse type: a JSON object mapping file paths to sizes in bytes."""
+    value = json_object(text)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of path -> size in bytes, got {text!r}")
+    return value
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """Options accepted both before and after the subcommand.
+
+    SUPPRESS keeps a subcommand's parser from resetting a value already given before it.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--target", default=argparse.SUPPRESS, help="server host:port "
+                        "(default: $MODEL_REGISTRY_TARGET, else localhost:50051)")
+    parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts instead of tables")
+    parent.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help="seconds to wait for each call (default: 30)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line parser."""
+    common = _global_options()
+    parser = argparse.ArgumentParser(
+        prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint}")
+
+    def command(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
+                ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    models = groups.add_parser("model", help="models and their versions").add_subparsers(
+        dest="command", required=True
+    )
+    p = command(models, "create", model_create, "Create a model with no versions.")
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+    p.add_argument("--metadata", type=json_object, metavar="JSON")
+    p.add_argument("--label", action="append", default=[], help="repeat for several labels")
+    p.add_argument("--notes", default="")
+
+    p = command(models, "list", model_list, "List models.")
+    p.add_argument("--sort-by", choices=[s.name.lower() for s in ModelSortBy])
+    p.add_argument("--order-by", choices=[o.name.lower() for o in ModelOrderBy])
+    p.add_argument("--name", default="", help="only names containing this (ignoring case)")
+    p.add_argument("--description", default="", help="only descriptions containing this (ignoring case)")
+    p.add_argument("--label", action="append", default=[], help="only models with this label; repeatable")
+    archived = p.add_mutually_exclusive_group()
+    archived.add_argument("--archived", dest="archived", action="store_const", const=True, default=None)
+    archived.add_argument("--unarchived", dest="archived", action="store_const", const=False)
+    p.add_argument("--owner", default="")
+
+    p = command(models, "describe", model_describe, "Show a model and its latest version.")
+    p.add_argument("name")
+
+    p = command(models, "register", model_register, "Register a checkpoint as the model's next version.")
+    p.add_argument("name")
+    p.add_argument("checkpoint_uuid")
+    p.add_argument("--name", dest="version_name", default="", help="name of the version")
+    p.add_argument("--comment", default="")
+    p.add_argument("--label", action="append", default=[])
+    p.add_argument("--metadata", type=json_object, metavar="JSON")
+    p.add_argument("--notes", default="")
+
+    p = command(models, "list-versions", model_list_versions, "List a model's versions, newest first.")
+    p.add_argument("name")
+    for name, handler, help_text in [
+        ("archive", model_archive, "Archive a model: it refuses new versions and edits."),
+        ("unarchive", model_unarchive, "Unarchive a model."),
+        ("delete", model_delete, "Delete a model and all its versions (checkpoints stay)."),
+    ]:
+        command(models, name, handler, help_text).add_argument("name")
+
+    p = command(models, "add-metadata", model_add_metadata, "Merge top-level keys into a model's metadata.")
+    p.add_argument("name")
+    p.add_argument("metadata", type=json_object, metavar="JSON")
+
+    p = command(models, "remove-metadata", model_remove_metadata, "Remove top-level metadata keys.")
+    p.add_argument("name")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+
+    p = command(models, "rename", model_rename, "Rename a model; its versions follow.")
+    p.add_argument("name")
+    p.add_argument("new_name")
+
+    command(models, "labels", model_labels, "List every label in use, most used first.")
+
+    checkpoints = groups.add_parser("checkpoint", help="checkpoints").add_subparsers(
+        dest="command", required=True
+    )
+    p = command(checkpoints, "create", checkpoint_create, "Record a checkpoint.")
+    p.add_argument("--uuid", help="generated by the server when omitted")
+    p.add_argument("--experiment-id", type=int, default=0)
+    p.add_argument("--trial-id", type=int, default=0)
+    p.add_argument("--batch-number", type=int, default=0)
+    p.add_argument("--framework", default="")
+    p.add_argument("--format", default="")
+    for option in ("--metrics", "--hparams", "--metadata", "--experiment-config"):
+        p.add_argument(option, type=json_object, metavar="JSON")
+    p.add_argument("--resources", type=json_sizes, metavar="JSON", help='path -> bytes, e.g. {"model.h5": 1024}')
+    p.add_argument("--storage-uri", default="")
+    p.add_argument("--state", type=str.lower, help="default: completed",
+                   choices=[s.name.lower() for s in CheckpointState if s != CheckpointState.UNSPECIFIED])
+
+    p = command(checkpoints, "describe", checkpoint_describe, "Show one checkpoint.")
+    p.add_argument("uuid")
+
+    p = command(checkpoints, "list", checkpoint_list, "List checkpoints, optionally best first by a metric.")
+    p.add_argument("--experiment-id", type=int)
+    p.add_argument("--trial-id", type=int)
+    p.add_argument("--sort-by-metric", default="", metavar="KEY")
+    p.add_argument("--smaller-is-better", action="store_true")
+
+    p = command(checkpoints, "delete", checkpoint_delete, "Delete a checkpoint not used by any version.")
+    p.add_argument("uuid")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit status 0 on success, 1 on a registry error, 2 on bad usage."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        # argparse exits on --help (0) and on bad arguments (2); callers of main() get the status.
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    args.json = getattr(args, "json", False)
+    target = getattr(args, "target", None) or default_target()
+    try:
+        with Registry(target, timeout=getattr(args, "timeout", 30.0)) as registry:
+            args.handler(registry, args)
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (TypeError, ValueError) as err:
+        # e.g. a JSON value the protobuf Struct cannot hold, or a number out of range.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

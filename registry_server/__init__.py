@@ -1,0 +1,1 @@
+"""The model registry server: a gRPC servicer over a peewee store."""

@@ -1,0 +1,120 @@
+"""Rows become protobuf messages here, one function per message; and Struct becomes plain JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from modelregistry.v1 import checkpoint_pb2, model_pb2
+
+from . import tables
+from .errors import invalid
+
+
+def timestamp(micros: int | None) -> timestamp_pb2.Timestamp | None:
+    if micros is None:
+        return None
+    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
+
+
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 to 9999-12-31, as Timestamp allows
+
+
+def micros(ts: timestamp_pb2.Timestamp) -> int:
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise invalid("INVALID_TIMESTAMP", "timestamp out of range", seconds=ts.seconds, nanos=ts.nanos)
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _plain(value: Any) -> Any:
+    """Struct keeps every number as a double; integral ones go back to int so {"epochs": 10} stays 10."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return _plain(json_format.MessageToDict(struct))
+
+
+def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def model(row: tables.Model) -> model_pb2.Model:
+    return model_pb2.Model(
+        name=row.name,
+        description=row.description,
+        metadata=to_struct(row.metadata),
+        labels=row.labels,
+        notes=row.notes,
+        archived=row.archived,
+        owner=row.owner,
+        creation_time=timestamp(row.creation_time),
+        last_updated_time=timestamp(row.last_updated_time),
+        num_versions=row.num_versions,
+        latest_version=row.latest_version,
+    )
+
+
+def checkpoint(row: tables.Checkpoint) -> checkpoint_pb2.Checkpoint:
+    return checkpoint_pb2.Checkpoint(
+        uuid=row.uuid,
+        experiment_id=row.experiment_id,
+        trial_id=row.trial_id,
+        batch_number=row.batch_number,
+        experiment_config=to_struct(row.experiment_config),
+        hparams=to_struct(row.hparams),
+        resources=row.resources,
+        metadata=to_struct(row.metadata),
+        framework=row.framework,
+        format=row.format,
+        metrics=to_struct(row.metrics),
+        state=row.state,
+        storage_uri=row.storage_uri,
+        report_time=timestamp(row.report_time),
+    )
+
+
+def model_version(row: tables.ModelVersion) -> model_pb2.ModelVersion:
+    """A version row selected with its model's name and its checkpoint joined (store._versions)."""
+    return model_pb2.ModelVersion(
+        model_name=row.model.name,
+        version=row.version,
+        checkpoint=checkpoint(row.checkpoint),
+        name=row.name,
+        comment=row.comment,
+        labels=row.labels,
+        metadata=to_struct(row.metadata),
+        notes=row.notes,
+        owner=row.owner,
+        creation_time=timestamp(row.creation_time),
+        last_updated_time=timestamp(row.last_updated_time),
+    )
+
+
+def checkpoint_values(message: checkpoint_pb2.Checkpoint) -> dict[str, Any]:
+    """The fields of a Checkpoint message as the store takes them."""
+    return {
+        "uuid": message.uuid,
+        "experiment_id": message.experiment_id,
+        "trial_id": message.trial_id,
+        "batch_number": message.batch_number,
+        "experiment_config": from_struct(message.experiment_config),
+        "hparams": from_struct(message.hparams),
+        "resources": dict(message.resources),
+        "metadata": from_struct(message.metadata),
+        "framework": message.framework,
+        "format": message.format,
+        "metrics": from_struct(message.metrics),
+        "state": message.state,
+        "storage_uri": message.storage_uri,
+        "report_time": micros(message.report_time) if message.HasField("report_time") else None,
+    }

@@ -1,0 +1,94 @@
+"""Opening the database named by a URL, and bringing its schema up to date."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from typing import Iterator
+from urllib.parse import urlparse
+
+import peewee as pw
+from playhouse import db_url
+from playhouse.migrations import Runner
+
+from .tables import database
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
+SQLITE_BUSY_TIMEOUT_S = 10.0
+_PG_MIGRATION_LOCK = 0x6D72_6567  # any constant shared by every replica: "mreg"
+
+
+def connect(url: str, *, max_connections: int = 32) -> pw.Database:
+    """Opens the database of `url` (sqlite:///path or postgresql://...), pooled, and binds the tables."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = url[len("sqlite:///"):]
+        if not path or path == ":memory:" or "mode=memory" in path:
+            raise ValueError("SQLite needs a file: every server thread must see the same database")
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        db = db_url.connect(
+            "sqlite+pool:///" + path,
+            max_connections=max_connections,
+            timeout=SQLITE_BUSY_TIMEOUT_S,
+            pragmas={
+                "journal_mode": "wal",
+                "foreign_keys": 1,
+                "busy_timeout": int(SQLITE_BUSY_TIMEOUT_S * 1000),
+                # FULL: a commit is on disk before the client hears of it, even across a power cut.
+                "synchronous": "full",
+            },
+        )
+    elif scheme in ("postgres", "postgresql"):
+        db = db_url.connect(
+            "postgresql+pool" + url[len(scheme):],
+            max_connections=max_connections,
+            stale_timeout=300,
+            timeout=10,
+        )
+    else:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:/// or postgresql://")
+    database.initialize(db)
+    return db
+
+
+def is_sqlite(db: pw.Database) -> bool:
+    return isinstance(db, pw.SqliteDatabase)
+
+
+@contextlib.contextmanager
+def _migration_lock(db: pw.Database) -> Iterator[None]:
+    """Serialises schema upgrades between replicas starting at once on the same database."""
+    if is_sqlite(db):
+        with open(db.database + ".migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+    else:
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (_PG_MIGRATION_LOCK,))
+        try:
+            yield
+        finally:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (_PG_MIGRATION_LOCK,))
+
+
+def migrate(db: pw.Database) -> list[str]:
+    """Applies every pending migration; returns their names."""
+    with db.connection_context(), _migration_lock(db):
+        applied = Runner(db, MIGRATIONS_DIR).up()
+    for name in applied:
+        log.info("applied migration %s", name)
+    return applied
+
+
+def ping(db: pw.Database) -> bool:
+    """True when the database answers a trivial query."""
+    try:
+        with db.connection_context():
+            db.execute_sql("SELECT 1")
+        return True
+    except pw.PeeweeException:
+        return False

@@ -1,0 +1,77 @@
+"""Building the gRPC server: the registry service, health and reflection, on one database."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+import peewee as pw
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
+
+from . import db as database
+from .servicer import ModelRegistryServicer
+from .store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name
+DEFAULT_WORKERS = 16
+MAX_CONCURRENT_RPCS = 256
+
+
+class RegistryServer:
+    """A started registry server: the gRPC server, its port, its health servicer and its database."""
+
+    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, db: pw.Database):
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.db = db
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
+        self.set_serving(False)
+        self.server.stop(grace).wait()
+        self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
+
+
+def build_server(
+    database_url: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_workers: int = DEFAULT_WORKERS,
+    options: list[tuple[str, object]] | None = None,
+) -> RegistryServer:
+    """Opens and migrates the database, then starts a server on host:port (0 picks a free port)."""
+    db = database.connect(database_url, max_connections=max_workers + 4)
+    database.migrate(db)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        options=options or [],
+    )
+    registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
+        ModelRegistryServicer(RegistryStore(db)), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"cannot bind {host}:{port}")
+    server.start()
+    running = RegistryServer(server, bound, health_servicer, db)
+    running.set_serving(database.ping(db))
+    return running

@@ -1,0 +1,96 @@
+"""The database tables, as peewee models bound at run time through one DatabaseProxy."""
+
+from __future__ import annotations
+
+import peewee as pw
+
+database = pw.DatabaseProxy()
+
+
+class Table(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Model(Table):
+    """A registered model. Counters live on the row so that a version number is taken by one UPDATE."""
+
+    name = pw.CharField(max_length=256, unique=True)
+    description = pw.TextField(default="")
+    metadata = pw.JSONField(default=dict)
+    labels = pw.JSONField(default=list)
+    notes = pw.TextField(default="")
+    archived = pw.BooleanField(default=False)
+    owner = pw.CharField(max_length=256, default="")
+    creation_time = pw.BigIntegerField()  # microseconds since the epoch, UTC: exact and sortable
+    last_updated_time = pw.BigIntegerField()
+    num_versions = pw.IntegerField(default=0)
+    latest_version = pw.IntegerField(default=0)
+    last_assigned_version = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "model"
+        # One (key, id) index per sort key, so that every page is an index range scan.
+        indexes = (
+            (("description", "id"), False),
+            (("creation_time", "id"), False),
+            (("last_updated_time", "id"), False),
+            (("num_versions", "id"), False),
+            (("owner", "id"), False),
+        )
+
+
+class ModelLabel(Table):
+    """One row per (model, label): label filters and label counts without scanning JSON."""
+
+    model = pw.ForeignKeyField(Model, on_delete="CASCADE", backref="label_rows")
+    label = pw.CharField(max_length=128)
+
+    class Meta:
+        table_name = "model_label"
+        indexes = ((("model", "label"), True), (("label", "model"), False))
+
+
+class Checkpoint(Table):
+    uuid = pw.CharField(max_length=36, unique=True)
+    experiment_id = pw.BigIntegerField(default=0)
+    trial_id = pw.BigIntegerField(default=0)
+    batch_number = pw.BigIntegerField(default=0)
+    experiment_config = pw.JSONField(default=dict)
+    hparams = pw.JSONField(default=dict)
+    resources = pw.JSONField(default=dict)
+    metadata = pw.JSONField(default=dict)
+    framework = pw.TextField(default="")
+    format = pw.TextField(default="")
+    metrics = pw.JSONField(default=dict)
+    state = pw.SmallIntegerField()
+    storage_uri = pw.TextField(default="")
+    report_time = pw.BigIntegerField()
+    creation_time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "checkpoint"
+        indexes = ((("experiment_id", "trial_id", "id"), False), (("trial_id", "id"), False))
+
+
+class ModelVersion(Table):
+    model = pw.ForeignKeyField(Model, on_delete="CASCADE", backref="versions")
+    version = pw.IntegerField()
+    # RESTRICT: a checkpoint in use by a version cannot be deleted, even by a racing transaction.
+    checkpoint = pw.ForeignKeyField(Checkpoint, on_delete="RESTRICT", backref="versions")
+    name = pw.TextField(default="")
+    comment = pw.TextField(default="")
+    labels = pw.JSONField(default=list)
+    metadata = pw.JSONField(default=dict)
+    notes = pw.TextField(default="")
+    owner = pw.CharField(max_length=256, default="")
+    creation_time = pw.BigIntegerField()
+    last_updated_time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "model_version"
+        indexes = ((("model", "version"), True),)
+
+
+ALL_TABLES = [Model, ModelLabel, Checkpoint, ModelVersion]

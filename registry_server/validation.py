@@ -1,0 +1,143 @@
+"""Limits on what a request may carry, and the checks that enforce them before anything is written."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable
+
+from .errors import invalid
+
+MAX_NAME_LENGTH = 256
+MAX_LABEL_LENGTH = 128
+MAX_LABELS = 64
+MAX_TEXT_LENGTH = 4096  # description, comment, version name, framework, format, storage_uri
+MAX_NOTES_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 64 * 1024  # model and version metadata, as compact JSON
+MAX_CHECKPOINT_JSON_BYTES = 256 * 1024  # each of experiment_config, hparams, metrics, metadata
+MAX_RESOURCES = 10_000
+MAX_METADATA_KEYS_TO_REMOVE = 1000
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def name(value: str, field: str = "name") -> str:
+    """Model names: 1 to 256 characters, no slash or backslash, not all digits, trimmed, printable."""
+    if not value:
+        raise invalid("INVALID_NAME", f"{field} must not be empty", field=field)
+    if len(value) > MAX_NAME_LENGTH:
+        raise invalid(
+            "INVALID_NAME",
+            f"{field} is longer than {MAX_NAME_LENGTH} characters",
+            field=field,
+            length=len(value),
+            limit=MAX_NAME_LENGTH,
+        )
+    problem = None
+    if "/" in value or "\\" in value:
+        problem = "must not contain '/' or '\\'"
+    elif value.isdigit():
+        problem = "must not be all digits"
+    elif value != value.strip():
+        problem = "must not start or end with whitespace"
+    elif _CONTROL.search(value):
+        problem = "must not contain control characters"
+    if problem:
+        raise invalid("INVALID_NAME", f"{field} {problem}", field=field, value=value[:MAX_NAME_LENGTH])
+    return value
+
+
+def text(value: str, field: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """Free text: at most `limit` characters (UTF-8 bytes for notes), no NUL (PostgreSQL refuses it)."""
+    size = len(value.encode()) if field == "notes" else len(value)
+    if size > limit:
+        raise invalid(
+            "VALUE_TOO_LONG", f"{field} is longer than {limit}", field=field, length=size, limit=limit
+        )
+    if "\x00" in value:
+        raise invalid("INVALID_CHARACTER", f"{field} must not contain NUL characters", field=field)
+    return value
+
+
+def notes(value: str) -> str:
+    return text(value, "notes", MAX_NOTES_BYTES)
+
+
+def labels(values: Iterable[str], field: str = "labels") -> list[str]:
+    """Labels keep their order and lose duplicates; each is 1 to 128 printable characters."""
+    result: list[str] = []
+    for label in values:
+        if not label or len(label) > MAX_LABEL_LENGTH or _CONTROL.search(label) or label != label.strip():
+            raise invalid(
+                "INVALID_LABEL",
+                f"each label must be 1 to {MAX_LABEL_LENGTH} printable characters without "
+                "leading or trailing whitespace",
+                field=field,
+                value=label[:MAX_LABEL_LENGTH],
+            )
+        if label not in result:
+            result.append(label)
+    if len(result) > MAX_LABELS:
+        raise invalid(
+            "TOO_MANY_LABELS", f"at most {MAX_LABELS} labels", field=field, count=len(result), limit=MAX_LABELS
+        )
+    return result
+
+
+def json_object(value: dict[str, Any], field: str, limit: int = MAX_METADATA_BYTES) -> dict[str, Any]:
+    """A JSON object no larger than `limit` bytes of compact JSON, with no NUL anywhere."""
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise invalid("INVALID_JSON", f"{field} must not hold NaN or infinite numbers", field=field)
+    size = len(encoded.encode())
+    if size > limit:
+        raise invalid("VALUE_TOO_LARGE", f"{field} is larger than {limit} bytes", field=field, size=size, limit=limit)
+    # json.dumps escapes NUL as \u0000, which PostgreSQL's jsonb refuses.
+    if "\\u0000" in encoded:
+        raise invalid("INVALID_CHARACTER", f"{field} must not contain NUL characters", field=field)
+    return value
+
+
+def metadata_keys(keys: Iterable[str]) -> list[str]:
+    result = list(keys)
+    if len(result) > MAX_METADATA_KEYS_TO_REMOVE:
+        raise invalid(
+            "TOO_MANY_KEYS", f"at most {MAX_METADATA_KEYS_TO_REMOVE} keys", count=len(result)
+        )
+    for key in result:
+        text(key, "remove_keys", MAX_NAME_LENGTH)
+    return result
+
+
+def resources(value: dict[str, int]) -> dict[str, int]:
+    if len(value) > MAX_RESOURCES:
+        raise invalid("TOO_MANY_RESOURCES", f"at most {MAX_RESOURCES} resources", count=len(value))
+    for path, size in value.items():
+        text(path, "resources", MAX_TEXT_LENGTH)
+        if not path or size < 0:
+            raise invalid(
+                "INVALID_RESOURCE", "resources map non-empty paths to sizes >= 0", path=path, size=size
+            )
+    return value
+
+
+def non_negative(value: int, field: str) -> int:
+    if value < 0:
+        raise invalid("INVALID_ARGUMENT_VALUE", f"{field} must not be negative", field=field, value=value)
+    return value
+
+
+def page_size(value: int) -> int:
+    """0 means the default, larger than the maximum is lowered to it, negative is refused."""
+    if value < 0:
+        raise invalid("INVALID_PAGE_SIZE", "page_size must not be negative", page_size=value)
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def version(value: int, *, allow_latest: bool = False) -> int:
+    if value < 0 or (value == 0 and not allow_latest):
+        raise invalid("INVALID_VERSION", "version must be a positive number", version=value)
+    return value

@@ -1,0 +1,369 @@
+"""End-to-end tests of the Python client against a real registry server."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import uuid
+
+import grpc
+import pytest
+
+from registry_client import (
+    AlreadyExistsError,
+    Checkpoint,
+    CheckpointState,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    Model,
+    ModelOrderBy,
+    ModelSortBy,
+    ModelVersion,
+    NotFoundError,
+    Registry,
+    RegistryError,
+    UnavailableError,
+)
+
+
+@pytest.fixture
+def registry(registry_target: str):
+    with Registry(registry_target, timeout=10) as r:
+        yield r
+
+
+def _checkpoint(r: Registry, **fields) -> Checkpoint:
+    fields.setdefault("experiment_id", 1)
+    fields.setdefault("trial_id", 1)
+    fields.setdefault("batch_number", 100)
+    return r.create_checkpoint(**fields)
+
+
+def test_seed_workflow(registry: Registry) -> None:
+    model = registry.create_model(
+        "mnist_cnn",
+        description="a character recognition model",
+        metadata={"dataset_url": "http://yann.lecun.com/exdb/mnist/", "git_url": "http://github.com/user/repo"},
+    )
+    assert isinstance(model, Model)
+    assert (model.name, model.description) == ("mnist_cnn", "a character recognition model")
+    assert model.metadata == {
+        "dataset_url": "http://yann.lecun.com/exdb/mnist/",
+        "git_url": "http://github.com/user/repo",
+    }
+    assert model.num_versions == 0 and model.latest_version == 0 and model.archived is False
+    assert model.creation_time.tzinfo is not None
+
+    model = registry.get_model("mnist_cnn")
+    model.remove_metadata(["dataset_url", "git_url"])
+    assert model.metadata == {}
+
+    # The SEED's metadata sequence, with its {"key", "value"} typo read as the dict it meant.
+    model.add_metadata({"key": "value"})
+    model.add_metadata({"metrics": {"test_set_loss": 0.091}})
+    assert model.metadata == {"key": "value", "metrics": {"test_set_loss": 0.091}}
+    model.add_metadata({"metrics": {"test_set_acc": 0.97}})  # replaces, does not deep-merge
+    assert model.metadata == {"key": "value", "metrics": {"test_set_acc": 0.97}}
+    model.remove_metadata(["key"])
+    assert model.metadata == {"metrics": {"test_set_acc": 0.97}}
+    assert registry.get_model("mnist_cnn").metadata == {"metrics": {"test_set_acc": 0.97}}
+
+    checkpoint = registry.create_checkpoint(
+        uuid=None, experiment_id=1, trial_id=1, batch_number=100, metrics={"loss": 0.25}
+    )
+    first = model.register_version(checkpoint.uuid)
+    assert isinstance(first, ModelVersion)
+    assert (first.model_name, first.version, first.checkpoint.uuid) == ("mnist_cnn", 1, checkpoint.uuid)
+    assert first.checkpoint.metrics == {"loss": 0.25}
+    second = model.register_version(checkpoint.uuid, name="again", comment="same weights")
+    assert second.version == 2
+
+    assert model.get_version(1).version == 1
+    latest = model.get_version()
+    assert (latest.version, latest.name, latest.comment) == (2, "again", "same weights")
+    assert [v.version for v in model.get_versions()] == [2, 1]
+    assert model.reload().num_versions == 2 and model.latest_version == 2
+
+
+def test_get_models_sorts_orders_and_filters(registry: Registry) -> None:
+    registry.create_model("mnist_pytorch", description="Digits, OCR style", labels=["vision"])
+    registry.create_model("resnet", description="image classifier", labels=["vision", "prod"])
+    registry.create_model("MNIST_cnn", description="plain digits")
+    registry.get_model("resnet").archive()
+
+    def names(**kwargs) -> list[str]:
+        return [m.name for m in registry.get_models(**kwargs)]
+
+    assert names() == ["MNIST_cnn", "mnist_pytorch", "resnet"]  # by name, ascending, by default
+    assert names(sort_by=ModelSortBy.CREATION_TIME) == ["mnist_pytorch", "resnet", "MNIST_cnn"]
+    assert names(sort_by=ModelSortBy.CREATION_TIME, order_by=ModelOrderBy.DESC) == [
+        "MNIST_cnn",
+        "resnet",
+        "mnist_pytorch",
+    ]
+    assert names(sort_by=ModelSortBy.DESCRIPTION) == ["mnist_pytorch", "resnet", "MNIST_cnn"]
+    assert set(names(name="mnist")) == {"mnist_pytorch", "MNIST_cnn"}  # case-insensitive substring
+    assert names(description="ocr") == ["mnist_pytorch"]
+    assert set(names(labels=["vision"])) == {"mnist_pytorch", "resnet"}
+    assert names(labels=["vision", "prod"]) == ["resnet"]
+    assert names(archived=True) == ["resnet"]
+    assert set(names(archived=False)) == {"mnist_pytorch", "MNIST_cnn"}
+    assert len(registry.get_models(limit=2)) == 2
+
+
+def test_get_models_follows_every_page(registry: Registry) -> None:
+    for i in range(12):
+        registry.create_model(f"model-{i:02d}")
+    registry.page_size = 5
+    models = registry.get_models(sort_by=ModelSortBy.NAME, order_by=ModelOrderBy.DESC)
+    assert [m.name for m in models] == [f"model-{i:02d}" for i in reversed(range(12))]
+    assert [m.name for m in registry.get_models(sort_by=ModelSortBy.NAME, limit=7)] == [
+        f"model-{i:02d}" for i in range(7)
+    ]
+
+
+def test_get_versions_newest_first_across_pages(registry: Registry) -> None:
+    model = registry.create_model("many")
+    checkpoint = _checkpoint(registry)
+    for _ in range(120):
+        model.register_version(checkpoint.uuid)
+    versions = model.get_versions()  # page_size 100: two pages
+    assert [v.version for v in versions] == list(range(120, 0, -1))
+    registry.page_size = 50
+    assert [v.version for v in model.get_versions(order_by=ModelOrderBy.ASC)] == list(range(1, 121))
+    assert [v.version for v in model.get_versions(limit=3)] == [120, 119, 118]
+
+
+def test_get_version_none_without_versions_but_errors_otherwise(registry: Registry) -> None:
+    model = registry.create_model("empty")
+    assert model.get_version() is None
+
+    with pytest.raises(NotFoundError) as caught:
+        model.get_version(3)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.reason == "MODEL_VERSION_NOT_FOUND"
+
+    model.delete()
+    with pytest.raises(NotFoundError) as caught:
+        model.get_version()
+    assert caught.value.reason == "MODEL_NOT_FOUND"
+    assert caught.value.metadata.get("model_name") == "empty"
+
+
+def test_archived_model_refuses_versions_and_edits(registry: Registry) -> None:
+    model = registry.create_model("frozen")
+    checkpoint = _checkpoint(registry)
+    assert model.archive() is model and model.archived is True
+
+    with pytest.raises(FailedPreconditionError) as caught:
+        model.register_version(checkpoint.uuid)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.reason == "MODEL_ARCHIVED"
+    with pytest.raises(FailedPreconditionError) as caught:
+        model.set_description("new")
+    assert caught.value.reason == "MODEL_ARCHIVED"
+    assert registry.get_model("frozen").description == ""  # reads still work, nothing written
+
+    model.unarchive()
+    assert model.archived is False
+    assert model.register_version(checkpoint.uuid).version == 1
+
+
+def test_model_setters_update_the_object_in_place(registry: Registry) -> None:
+    model = registry.create_model("editable", labels=["a"])
+    created = model.last_updated_time
+    assert model.set_description("described") is model
+    model.set_notes("# Notes")
+    model.set_labels(["b", "c"])
+    assert (model.description, model.notes, model.labels) == ("described", "# Notes", ["b", "c"])
+    assert model.last_updated_time >= created
+    again = registry.get_model("editable")
+    assert (again.description, again.notes, again.labels) == ("described", "# Notes", ["b", "c"])
+
+
+def test_rename_moves_versions(registry: Registry) -> None:
+    model = registry.create_model("old_name")
+    model.register_version(_checkpoint(registry).uuid)
+    registry.create_model("taken")
+
+    with pytest.raises(AlreadyExistsError) as caught:
+        model.rename("taken")
+    assert caught.value.reason == "MODEL_ALREADY_EXISTS"
+
+    model.rename("new_name")
+    assert model.name == "new_name"
+    assert model.get_version().model_name == "new_name"
+    with pytest.raises(NotFoundError) as caught:
+        registry.get_model("old_name")
+    assert caught.value.reason == "MODEL_NOT_FOUND"
+
+
+def test_labels_most_used_first(registry: Registry) -> None:
+    registry.create_model("one", labels=["rare", "common"])
+    registry.create_model("two", labels=["common", "common", "medium"])
+    registry.create_model("three", labels=["medium", "common"])
+    assert registry.get_model("two").labels == ["common", "medium"]  # duplicates dropped, order kept
+    assert registry.get_model_labels() == ["common", "medium", "rare"]
+
+
+def test_model_version_setters_and_delete(registry: Registry) -> None:
+    model = registry.create_model("versioned")
+    checkpoint = _checkpoint(registry)
+    version = model.register_version(checkpoint.uuid, labels=["x"], metadata={"epochs": 10})
+    assert version.metadata == {"epochs": 10} and isinstance(version.metadata["epochs"], int)
+
+    version.set_name("v-one")
+    version.set_comment("first try")
+    version.set_labels(["candidate", "prod"])
+    version.set_metadata({"accuracy": 0.9})
+    version.set_notes("notes")
+    fetched = model.get_version(1)
+    assert (fetched.name, fetched.comment, fetched.labels, fetched.metadata, fetched.notes) == (
+        "v-one",
+        "first try",
+        ["candidate", "prod"],
+        {"accuracy": 0.9},
+        "notes",
+    )
+    assert version.name == "v-one" and version.metadata == {"accuracy": 0.9}
+
+    model.register_version(checkpoint.uuid)
+    model.get_version(2).delete()
+    assert model.get_version().version == 1
+    assert model.register_version(checkpoint.uuid).version == 3  # numbers are never reused
+
+
+def test_delete_model_keeps_checkpoints(registry: Registry) -> None:
+    model = registry.create_model("doomed")
+    checkpoint = _checkpoint(registry)
+    model.register_version(checkpoint.uuid)
+
+    with pytest.raises(FailedPreconditionError) as caught:
+        checkpoint.delete()
+    assert caught.value.reason == "CHECKPOINT_IN_USE"
+
+    registry.delete_model("doomed")
+    with pytest.raises(NotFoundError):
+        registry.get_model("doomed")
+    assert registry.get_checkpoint(checkpoint.uuid).uuid == checkpoint.uuid
+
+    checkpoint.delete()
+    with pytest.raises(NotFoundError) as caught:
+        registry.get_checkpoint(checkpoint.uuid)
+    assert caught.value.reason == "CHECKPOINT_NOT_FOUND"
+
+
+def test_checkpoint_fields_round_trip(registry: Registry) -> None:
+    checkpoint_uuid = str(uuid.uuid4())
+    reported = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    checkpoint = registry.create_checkpoint(
+        uuid=checkpoint_uuid,
+        experiment_id=7,
+        trial_id=3,
+        batch_number=1200,
+        experiment_config={"searcher": {"name": "single", "max_length": {"batches": 1200}}},
+        hparams={"lr": 0.01, "layers": [64, 32]},
+        resources={"model.h5": 1024, "code/train.py": 10},
+        metadata={"note": None},
+        framework="tensorflow-1.14.0",
+        format="h5",
+        metrics={"loss": 0.091, "epochs": 10},
+        storage_uri="s3://bucket/prefix",
+        report_time=reported,
+    )
+    fetched = registry.get_checkpoint(checkpoint_uuid)
+    for got in (checkpoint, fetched):
+        assert got.uuid == checkpoint_uuid
+        assert (got.experiment_id, got.trial_id, got.batch_number) == (7, 3, 1200)
+        assert got.experiment_config == {"searcher": {"name": "single", "max_length": {"batches": 1200}}}
+        assert got.hparams == {"lr": 0.01, "layers": [64, 32]}
+        assert got.resources == {"model.h5": 1024, "code/train.py": 10}
+        assert got.metadata == {"note": None}
+        assert (got.framework, got.format, got.storage_uri) == ("tensorflow-1.14.0", "h5", "s3://bucket/prefix")
+        assert got.metrics == {"loss": 0.091, "epochs": 10}
+        assert type(got.metrics["epochs"]) is int
+        assert got.state is CheckpointState.COMPLETED
+        assert got.report_time == reported
+
+    as_json = fetched.to_dict()
+    assert as_json["uuid"] == checkpoint_uuid
+    assert as_json["experimentId"] == 7 and as_json["batchNumber"] == 1200
+    assert as_json["experiment_config"]["searcher"]["name"] == "single"
+    assert as_json["state"] == "CHECKPOINT_STATE_COMPLETED"
+
+    with pytest.raises(AlreadyExistsError) as caught:
+        registry.create_checkpoint(uuid=checkpoint_uuid)
+    assert caught.value.reason == "CHECKPOINT_ALREADY_EXISTS"
+
+
+def test_only_completed_checkpoints_become_versions(registry: Registry) -> None:
+    model = registry.create_model("strict")
+    active = _checkpoint(registry, state=CheckpointState.ACTIVE)
+    assert active.state is CheckpointState.ACTIVE
+    with pytest.raises(FailedPreconditionError) as caught:
+        model.register_version(active.uuid)
+    assert caught.value.reason == "CHECKPOINT_NOT_COMPLETED"
+    with pytest.raises(NotFoundError) as caught:
+        model.register_version(str(uuid.uuid4()))
+    assert caught.value.reason == "CHECKPOINT_NOT_FOUND"
+
+
+def test_get_checkpoints_filters_and_top_checkpoint(registry: Registry) -> None:
+    losses = {(1, 1): 0.5, (1, 2): 0.1, (2, 1): 0.3}
+    created = {key: _checkpoint(registry, experiment_id=key[0], trial_id=key[1], metrics={"loss": loss})
+               for key, loss in losses.items()}
+    _checkpoint(registry, experiment_id=1, trial_id=1, metrics={})  # no loss: sorts last
+
+    assert len(registry.get_checkpoints()) == 4
+    assert len(registry.get_checkpoints(experiment_id=1)) == 3
+    assert [c.uuid for c in registry.get_checkpoints(experiment_id=1, trial_id=2)] == [created[1, 2].uuid]
+    best_first = registry.get_checkpoints(experiment_id=1, sort_by_metric="loss", smaller_is_better=True)
+    assert [c.metrics.get("loss") for c in best_first] == [0.1, 0.5, None]
+    top = registry.get_checkpoints(sort_by_metric="loss", smaller_is_better=False, limit=1)
+    assert [c.uuid for c in top] == [created[1, 1].uuid]
+
+
+def test_typed_errors_carry_code_reason_and_metadata(registry: Registry) -> None:
+    registry.create_model("dup")
+    with pytest.raises(AlreadyExistsError) as caught:
+        registry.create_model("dup")
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert caught.value.reason == "MODEL_ALREADY_EXISTS"
+    assert caught.value.metadata == {"model_name": "dup"}
+    assert "dup" in caught.value.message
+
+    for bad_name in ("12345", "a/b", " padded"):
+        with pytest.raises(InvalidArgumentError) as caught:
+            registry.create_model(bad_name)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.reason == "INVALID_NAME"
+
+    with pytest.raises(NotFoundError) as caught:
+        registry.delete_model("absent")
+    assert isinstance(caught.value, RegistryError)
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+
+    with pytest.raises(TypeError):
+        registry.create_model("set_typo", metadata={"key", "value"})
+
+
+def test_unreachable_server_raises_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Registry(f"127.0.0.1:{port}", timeout=10) as r:
+        with pytest.raises(UnavailableError) as caught:
+            r.get_model("anything")
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.reason == ""
+
+
+def test_target_defaults_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_REGISTRY_TARGET", "registry.example:1234")
+    with Registry() as r:
+        assert r.target == "registry.example:1234"
+    monkeypatch.delenv("MODEL_REGISTRY_TARGET")
+    with Registry() as r:
+        assert r.target == "localhost:50051"
+    with Registry("elsewhere:1") as r:
+        assert r.target == "elsewhere:1"
