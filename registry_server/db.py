@@ -35,6 +35,8 @@ def connect(url: str, *, max_connections: int = 32) -> pw.Database:
             "sqlite+pool:///" + path,
             max_connections=max_connections,
             timeout=SQLITE_BUSY_TIMEOUT_S,
+            # The pool hands a connection to one thread at a time, but not always the same thread.
+            check_same_thread=False,
             pragmas={
                 "journal_mode": "wal",
                 "foreign_keys": 1,

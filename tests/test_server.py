@@ -1,0 +1,152 @@
+"""The real server over the network: reflection, health, concurrency, and the console script."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from modelregistry.v1 import registry_service_pb2 as pb
+from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+from registry_server.server import RegistryServer
+
+SERVICE = "modelregistry.v1.ModelRegistryService"
+
+
+def stub(target: str) -> tuple[grpc.Channel, pb_grpc.ModelRegistryServiceStub]:
+    channel = grpc.insecure_channel(target)
+    return channel, pb_grpc.ModelRegistryServiceStub(channel)
+
+
+def console_script(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    assert found, f"{name} is not installed"
+    return found
+
+
+def test_reflection_lists_and_describes_the_services(registry_target: str) -> None:
+    with grpc.insecure_channel(registry_target) as channel:
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = list(
+            reflect.ServerReflectionInfo(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(list_services=""),
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+                    ]
+                ),
+                timeout=10,
+            )
+        )
+    services = {s.name for s in answers[0].list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert answers[1].file_descriptor_response.file_descriptor_proto
+
+
+def test_health_serving_for_server_and_service(registry_target: str) -> None:
+    with grpc.insecure_channel(registry_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_concurrent_registrations_never_collide(registry_target: str) -> None:
+    """Many threads register versions of the same few models at once: every number is handed out
+    exactly once, and each model's versions are exactly 1..N."""
+    threads, per_thread, models = 16, 25, ["a", "b", "c"]
+    channel, registry = stub(registry_target)
+    with channel:
+        for name in models:
+            registry.CreateModel(pb.CreateModelRequest(name=name), timeout=10)
+        uuid = registry.CreateCheckpoint(pb.CreateCheckpointRequest(), timeout=10).checkpoint.uuid
+
+        def register(worker: int) -> list[tuple[str, int]]:
+            got = []
+            for i in range(per_thread):
+                name = models[(worker + i) % len(models)]
+                request = pb.CreateModelVersionRequest(model_name=name, checkpoint_uuid=uuid)
+                got.append((name, registry.CreateModelVersion(request, timeout=60).model_version.version))
+            return got
+
+        with futures.ThreadPoolExecutor(threads) as pool:
+            results = [pair for batch in pool.map(register, range(threads)) for pair in batch]
+        assert len(results) == threads * per_thread == 400
+        assert len(set(results)) == len(results), "a version number was handed out twice"
+        for name in models:
+            numbers = sorted(v for n, v in results if n == name)
+            assert numbers == list(range(1, len(numbers) + 1))
+            stored = registry.ListModelVersions(pb.ListModelVersionsRequest(model_name=name, page_size=1000), timeout=10)
+            assert sorted(v.version for v in stored.model_versions) == numbers
+            assert registry.GetModel(pb.GetModelRequest(name=name), timeout=10).model.latest_version == len(numbers)
+
+
+def test_concurrent_metadata_merges_lose_nothing(registry_target: str) -> None:
+    threads, keys_each = 16, 10
+    channel, registry = stub(registry_target)
+    with channel:
+        registry.CreateModel(pb.CreateModelRequest(name="m"), timeout=10)
+
+        def merge(worker: int) -> None:
+            for i in range(keys_each):
+                request = pb.UpdateModelMetadataRequest(name="m")
+                request.merge.update({f"w{worker}-k{i}": i})
+                registry.UpdateModelMetadata(request, timeout=60)
+
+        with futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(merge, range(threads)))
+        metadata = registry.GetModel(pb.GetModelRequest(name="m"), timeout=10).model.metadata
+        assert len(metadata) == threads * keys_each
+        assert all(metadata[f"w{w}-k{i}"] == i for w in range(threads) for i in range(keys_each))
+
+
+def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [console_script("model-registry-server"), "--port", "0", "--database-url", f"sqlite:///{tmp_path}/r.db"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MODEL_REGISTRY_LOG_LEVEL": "INFO"},
+    )
+    try:
+        lines = []
+        timer = threading.Timer(30, server.kill)  # bound the wait for the serving line
+        timer.start()
+        for line in server.stderr:
+            lines.append(line)
+            match = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                break
+        timer.cancel()
+        assert match, "".join(lines)
+        channel, registry = stub(f"127.0.0.1:{match.group(1)}")
+        with channel:
+            assert registry.CreateModel(pb.CreateModelRequest(name="m"), timeout=10).model.name == "m"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        assert "stopped" in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def test_python_dash_m_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "registry_server", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--database-url" in result.stdout
+
+
+def test_health_reports_not_serving_when_told(registry_server: RegistryServer) -> None:
+    registry_server.set_serving(False)
+    with grpc.insecure_channel(f"127.0.0.1:{registry_server.port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
