@@ -1,4 +1,4 @@
-"""The `model-registry-server` command: flags, logging, signals."""
+"""The `model-registry-server` command: flags, logging, signals, and worker processes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
 
+from . import db as database
 from .server import DEFAULT_WORKERS, build_server
 
 log = logging.getLogger("registry_server")
@@ -17,54 +21,143 @@ DEFAULT_DATABASE_URL = "sqlite:///registry.db"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
     parser = argparse.ArgumentParser(prog="model-registry-server", description="Serve the model registry over gRPC.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("MODEL_REGISTRY_DATABASE_URL", DEFAULT_DATABASE_URL),
+        default=env("MODEL_REGISTRY_DATABASE_URL", DEFAULT_DATABASE_URL),
         help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env MODEL_REGISTRY_DATABASE_URL; "
         f"default {DEFAULT_DATABASE_URL})",
     )
     parser.add_argument(
-        "--max-workers", type=int, default=DEFAULT_WORKERS, help="threads serving calls (default: %(default)s)"
+        "--workers",
+        type=int,
+        default=int(env("MODEL_REGISTRY_WORKERS", "1")),
+        help="server processes sharing the port, e.g. one per core (env MODEL_REGISTRY_WORKERS; default 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="threads serving calls in each process, and database connections in its pool (default: %(default)s)",
     )
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds calls in flight get to finish on SIGTERM (default: %(default)s)"
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("MODEL_REGISTRY_LOG_LEVEL", "INFO"), help="(default: %(default)s)"
+        "--log-level", default=env("MODEL_REGISTRY_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... (default: %(default)s)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers == 1:
+        return _serve(args, args.port, reuse_port=False)
+    return _serve_workers(args)
+
+
+def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "") -> int:
+    """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0."""
     try:
-        running = build_server(args.database_url, args.host, args.port, max_workers=args.max_workers)
+        running = build_server(args.database_url, args.host, port, max_workers=args.threads, reuse_port=reuse_port)
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("model registry serving on %s:%d (database %s)", args.host, running.port, _redacted(args.database_url))
+    log.info(
+        "model registry serving on %s:%d%s (database %s)", args.host, running.port, worker, _redacted(args.database_url)
+    )
     stop.wait()
-    log.info("stopping: finishing calls in flight (up to %.0fs)", args.grace)
+    log.info("stopping%s: finishing calls in flight (up to %.0fs)", worker, args.grace)
     running.stop(args.grace)
-    log.info("stopped")
+    log.info("stopped%s", worker)
     return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """Forks `--workers` processes that share one port (SO_REUSEPORT), before any gRPC server or
+    database connection exists; restarts a worker that dies; forwards SIGTERM to all and waits."""
+    try:
+        db = database.connect(args.database_url)
+        database.migrate(db)  # once, here, rather than racing in every worker
+        db.close_all()
+    except (OSError, ValueError) as error:
+        log.error("cannot start: %s", error)
+        return 1
+    # Hold the port (port 0: pick one) until the workers have bound it too.
+    holder = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind((args.host, args.port))
+    except OSError as error:
+        log.error("cannot bind %s:%d: %s", args.host, args.port, error)
+        return 1
+    port = holder.getsockname()[1]
+
+    stopping = threading.Event()
+    children: dict[int, int] = {}
+    started: dict[int, float] = {}
+
+    def start(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            holder.close()
+            code = 1
+            try:
+                code = _serve(args, port, reuse_port=True, worker=f" (worker {index + 1}/{args.workers}, pid {os.getpid()})")
+            finally:
+                os._exit(code)
+        children[pid] = index
+        started[index] = time.monotonic()
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.set()
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for index in range(args.workers):
+        start(index)
+    holder.close()
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        if not stopping.is_set() and time.monotonic() - started[index] < 5:
+            log.error("worker %d could not start; stopping", index + 1)
+            failed = True
+            forward(signal.SIGTERM, None)
+        elif not stopping.is_set():
+            log.warning("worker %d (pid %d) exited with status %d; starting it again", index + 1, pid, status)
+            start(index)
+        elif os.waitstatus_to_exitcode(status) != 0:
+            failed = True
+    return 1 if failed else 0
 
 
 def _redacted(url: str) -> str:
     """The URL without its password, for the log."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")))
     return url
 
 
