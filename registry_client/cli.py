@@ -91,9 +91,8 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = N
 
 
 def _print_list(objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]) -> None:
-    getters = [get for heading, get in fields if heading in columns]
-    headings = [heading for heading, _ in fields if heading in columns]
-    print_table([[get(o) for get in getters] for o in objects], headings)
+    getters = [dict(fields)[heading] for heading in columns]
+    print_table([[get(o) for get in getters] for o in objects], columns)
 
 
 def _print_object(obj: Any, fields: list[tuple[str, Callable]]) -> None:
@@ -252,9 +251,11 @@ def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at column {err.colno}): {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({err.msg} at column {err.colno}): {text!r}"
+        ) from err
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": \"value\"}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f'expected a JSON object like {{"key": "value"}}, got {text!r}')
     return value
 
 
@@ -363,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="")
     for option in ("--metrics", "--hparams", "--metadata", "--experiment-config"):
         p.add_argument(option, type=json_object, metavar="JSON")
-    p.add_argument("--resources", type=json_sizes, metavar="JSON", help='path -> bytes, e.g. {"model.h5": 1024}')
+    p.add_argument(
+        "--resources", type=json_sizes, metavar="JSON", help='path -> bytes, e.g. {"model.h5": 1024}'
+    )
     p.add_argument("--storage-uri", default="")
     p.add_argument("--state", type=str.lower, help="default: completed",
                    choices=[s.name.lower() for s in CheckpointState if s != CheckpointState.UNSPECIFIED])

@@ -82,9 +82,14 @@ def timestamp_to_datetime(message: Message, field_name: str) -> datetime.datetim
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
-    """The protobuf JSON form of a message, with defaults shown and int64 values as JSON numbers."""
-    return json_format.MessageToDict(
-        message, always_print_fields_with_no_presence=True, unquote_int64_if_possible=True
+    """The protobuf JSON form of a message, with defaults shown and int64 values as JSON numbers.
+
+    Integral Struct numbers print as 10, not 10.0, as protobuf's C++ and Go JSON printers (grpcurl) do.
+    """
+    return _plain_numbers(
+        json_format.MessageToDict(
+            message, always_print_fields_with_no_presence=True, unquote_int64_if_possible=True
+        )
     )
 
 

@@ -43,7 +43,10 @@ def test_seed_workflow(registry: Registry) -> None:
     model = registry.create_model(
         "mnist_cnn",
         description="a character recognition model",
-        metadata={"dataset_url": "http://yann.lecun.com/exdb/mnist/", "git_url": "http://github.com/user/repo"},
+        metadata={
+            "dataset_url": "http://yann.lecun.com/exdb/mnist/",
+            "git_url": "http://github.com/user/repo",
+        },
     )
     assert isinstance(model, Model)
     assert (model.name, model.description) == ("mnist_cnn", "a character recognition model")
@@ -279,7 +282,8 @@ def test_checkpoint_fields_round_trip(registry: Registry) -> None:
         assert got.hparams == {"lr": 0.01, "layers": [64, 32]}
         assert got.resources == {"model.h5": 1024, "code/train.py": 10}
         assert got.metadata == {"note": None}
-        assert (got.framework, got.format, got.storage_uri) == ("tensorflow-1.14.0", "h5", "s3://bucket/prefix")
+        assert (got.framework, got.format) == ("tensorflow-1.14.0", "h5")
+        assert got.storage_uri == "s3://bucket/prefix"
         assert got.metrics == {"loss": 0.091, "epochs": 10}
         assert type(got.metrics["epochs"]) is int
         assert got.state is CheckpointState.COMPLETED

@@ -18,7 +18,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
-from registry_server.server import RegistryServer
 
 SERVICE = "modelregistry.v1.ModelRegistryService"
 
@@ -143,10 +142,3 @@ def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_python_dash_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "registry_server", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--database-url" in result.stdout
-
-
-def test_health_reports_not_serving_when_told(registry_server: RegistryServer) -> None:
-    registry_server.set_serving(False)
-    with grpc.insecure_channel(f"127.0.0.1:{registry_server.port}") as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
-    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING

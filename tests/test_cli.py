@@ -1,0 +1,229 @@
+"""End-to-end tests of the model-registry command line against a real registry server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from registry_client import Registry
+from registry_client.cli import main
+
+
+@pytest.fixture
+def cli(registry_target: str, capsys: pytest.CaptureFixture[str]):
+    """Run main() against the test server; returns (exit status, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        status = main(["--target", registry_target, *argv])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
+def cli_json(cli):
+    """Run a command with --json after the subcommand, expect success, return the parsed output."""
+
+    def run(*argv: str):
+        status, out, err = cli(*argv, "--json")
+        assert (status, err) == (0, ""), err
+        return json.loads(out)
+
+    return run
+
+
+def _new_checkpoint(cli_json, **options: str) -> str:
+    argv = ["checkpoint", "create", "--experiment-id", "1", "--trial-id", "1"]
+    for option, value in options.items():
+        argv += [f"--{option.replace('_', '-')}", value]
+    return cli_json(*argv)["uuid"]
+
+
+def test_model_create_list_describe(cli, cli_json) -> None:
+    created = cli_json(
+        "model", "create", "mnist_cnn", "--description", "a character recognition model",
+        "--metadata", '{"dataset_url": "http://yann.lecun.com/exdb/mnist/"}',
+        "--label", "vision", "--label", "ocr", "--notes", "hi",
+    )
+    assert created["name"] == "mnist_cnn"
+    assert created["metadata"] == {"dataset_url": "http://yann.lecun.com/exdb/mnist/"}
+    assert created["labels"] == ["vision", "ocr"]
+    assert created["notes"] == "hi"
+    cli_json("model", "create", "resnet", "--description", "image classifier")
+
+    status, out, err = cli("model", "list")
+    assert (status, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split()[:2] == ["Name", "Description"]
+    assert [row.split()[0] for row in rows] == ["mnist_cnn", "resnet"]
+    # Columns line up: every row's second column starts where the header's does.
+    assert all(row.index(desc) == header.index("Description")
+               for row, desc in zip(rows, ["a character", "image"]))
+
+    # --json accepted before the subcommand as well as after it.
+    status, out, _ = cli("--json", "model", "list", "--sort-by", "name", "--order-by", "desc")
+    assert status == 0
+    assert [m["name"] for m in json.loads(out)] == ["resnet", "mnist_cnn"]
+    assert [m["name"] for m in cli_json("model", "list", "--name", "MNIST")] == ["mnist_cnn"]
+    assert [m["name"] for m in cli_json("model", "list", "--description", "classif")] == ["resnet"]
+    assert [m["name"] for m in cli_json("model", "list", "--label", "ocr")] == ["mnist_cnn"]
+    by_age = cli_json("model", "list", "--sort-by", "creation_time")
+    assert [m["name"] for m in by_age] == ["mnist_cnn", "resnet"]
+
+    status, out, _ = cli("model", "describe", "mnist_cnn")
+    assert status == 0
+    assert "a character recognition model" in out
+    assert "Model mnist_cnn has no versions." in out
+    described = cli_json("model", "describe", "mnist_cnn")
+    assert described["model"]["name"] == "mnist_cnn" and described["modelVersion"] is None
+
+
+def test_model_register_and_list_versions(cli, cli_json) -> None:
+    cli_json("model", "create", "mnist_cnn")
+    checkpoint_uuid = _new_checkpoint(cli_json, metrics='{"loss": 0.25}')
+
+    first = cli_json(
+        "model", "register", "mnist_cnn", checkpoint_uuid, "--name", "v1", "--comment", "first",
+        "--label", "candidate", "--metadata", '{"epochs": 10}', "--notes", "n",
+    )
+    assert first["version"] == 1 and first["checkpoint"]["uuid"] == checkpoint_uuid
+    assert (first["name"], first["comment"], first["labels"]) == ("v1", "first", ["candidate"])
+    assert first["metadata"] == {"epochs": 10}
+    status, out, _ = cli("model", "register", "mnist_cnn", checkpoint_uuid)
+    assert status == 0 and ["Version:", "2"] in [line.split() for line in out.splitlines()]
+
+    status, out, _ = cli("model", "list-versions", "mnist_cnn")
+    assert status == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:2] == ["Version", "Checkpoint"]
+    assert [row.split()[:2] for row in rows] == [["2", checkpoint_uuid], ["1", checkpoint_uuid]]
+    assert [v["version"] for v in cli_json("model", "list-versions", "mnist_cnn")] == [2, 1]
+
+    status, out, _ = cli("model", "describe", "mnist_cnn")
+    assert status == 0 and "Latest version (2):" in out and checkpoint_uuid in out
+    described = cli_json("model", "describe", "mnist_cnn")
+    assert described["modelVersion"]["version"] == 2
+    assert described["model"]["numVersions"] == 2
+
+
+def test_model_metadata_archive_rename_labels_delete(cli, cli_json) -> None:
+    cli_json("model", "create", "m", "--label", "a")
+    assert cli_json("model", "add-metadata", "m", '{"key": "value", "metrics": {"loss": 1}}')["metadata"] == {
+        "key": "value",
+        "metrics": {"loss": 1},
+    }
+    assert cli_json("model", "add-metadata", "m", '{"metrics": {"acc": 0.97}}')["metadata"] == {
+        "key": "value",
+        "metrics": {"acc": 0.97},
+    }
+    removed = cli_json("model", "remove-metadata", "m", "key", "absent")
+    assert removed["metadata"] == {"metrics": {"acc": 0.97}}
+
+    assert cli_json("model", "archive", "m")["archived"] is True
+    assert [m["name"] for m in cli_json("model", "list", "--archived")] == ["m"]
+    assert cli_json("model", "list", "--unarchived") == []
+    status, _, err = cli("model", "register", "m", _new_checkpoint(cli_json))
+    assert status == 1
+    assert err.startswith("error: FAILED_PRECONDITION MODEL_ARCHIVED: ")
+    assert cli_json("model", "unarchive", "m")["archived"] is False
+
+    assert cli_json("model", "rename", "m", "n")["name"] == "n"
+    assert cli_json("model", "labels") == ["a"]
+    status, out, _ = cli("model", "labels")
+    assert (status, out) == (0, "a\n")
+
+    status, out, _ = cli("model", "delete", "n")
+    assert (status, out) == (0, "Deleted model n.\n")
+    assert cli_json("model", "list") == []
+
+
+def test_checkpoint_commands(cli, cli_json) -> None:
+    checkpoint_uuid = str(uuid.uuid4())
+    created = cli_json(
+        "checkpoint", "create", "--uuid", checkpoint_uuid, "--experiment-id", "3", "--trial-id", "4",
+        "--batch-number", "100", "--framework", "torch-2.3", "--format", "pt",
+        "--metrics", '{"loss": 0.5}', "--hparams", '{"lr": 0.01}', "--metadata", '{"k": "v"}',
+        "--experiment-config", '{"searcher": {"name": "single"}}', "--resources", '{"model.pt": 2048}',
+        "--storage-uri", "s3://bucket/x", "--state", "completed",
+    )
+    assert created["uuid"] == checkpoint_uuid
+    assert (created["experimentId"], created["trialId"], created["batchNumber"]) == (3, 4, 100)
+    assert created["metrics"] == {"loss": 0.5} and created["hparams"] == {"lr": 0.01}
+    assert created["experiment_config"] == {"searcher": {"name": "single"}}
+    assert created["resources"] == {"model.pt": 2048}
+    assert created["state"] == "CHECKPOINT_STATE_COMPLETED" and created["storageUri"] == "s3://bucket/x"
+    better = _new_checkpoint(cli_json, experiment_id="3", metrics='{"loss": 0.1}', state="ACTIVE")
+
+    status, out, _ = cli("checkpoint", "describe", checkpoint_uuid)
+    assert status == 0 and "torch-2.3" in out and "s3://bucket/x" in out
+    assert cli_json("checkpoint", "describe", better)["state"] == "CHECKPOINT_STATE_ACTIVE"
+
+    status, out, _ = cli("checkpoint", "list", "--experiment-id", "3", "--sort-by-metric", "loss",
+                         "--smaller-is-better")
+    assert status == 0
+    assert [row.split()[0] for row in out.splitlines()[1:]] == [better, checkpoint_uuid]
+    assert [c["uuid"] for c in cli_json("checkpoint", "list", "--experiment-id", "3", "--trial-id", "4")] == [
+        checkpoint_uuid
+    ]
+
+    status, out, _ = cli("checkpoint", "delete", checkpoint_uuid)
+    assert (status, out) == (0, f"Deleted checkpoint {checkpoint_uuid}.\n")
+    status, _, err = cli("checkpoint", "describe", checkpoint_uuid)
+    assert status == 1 and err.startswith("error: NOT_FOUND CHECKPOINT_NOT_FOUND: ")
+
+
+def test_errors_exit_nonzero_without_traceback(cli) -> None:
+    status, out, err = cli("model", "describe", "absent")
+    assert (status, out) == (1, "")
+    assert err.startswith("error: NOT_FOUND MODEL_NOT_FOUND: ") and "Traceback" not in err
+
+    assert cli("model", "create", "dup")[0] == 0
+    status, _, err = cli("model", "create", "dup")
+    assert status == 1 and err.startswith("error: ALREADY_EXISTS MODEL_ALREADY_EXISTS: ")
+    status, _, err = cli("model", "create", "123")
+    assert status == 1 and err.startswith("error: INVALID_ARGUMENT INVALID_NAME: ")
+
+    status, out, err = cli("model", "create", "x", "--metadata", "{not json")
+    assert status == 2 and "--metadata: not valid JSON" in err and "Traceback" not in err
+    status, _, err = cli("model", "add-metadata", "dup", "[1, 2]")
+    assert status == 2 and "expected a JSON object" in err
+    status, _, err = cli("checkpoint", "create", "--resources", '{"a": "big"}')
+    assert status == 2 and "path -> size" in err
+    assert cli("model", "list", "--sort-by", "colour")[0] == 2
+    assert cli("model", "list", "--archived", "--unarchived")[0] == 2
+
+
+def test_target_from_environment(registry_target: str, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MODEL_REGISTRY_TARGET", registry_target)
+    assert main(["model", "create", "from_env"]) == 0
+    assert "from_env" in capsys.readouterr().out
+    with Registry(registry_target) as r:
+        assert r.get_model("from_env").name == "from_env"
+
+
+def test_console_script_subprocess(registry_target: str) -> None:
+    script = shutil.which("model-registry")
+    command = [script] if script else [sys.executable, "-m", "registry_client.cli"]
+    env = {**os.environ, "MODEL_REGISTRY_TARGET": registry_target}
+
+    created = subprocess.run(
+        [*command, "--json", "model", "create", "from_shell", "--metadata", '{"epochs": 10}'],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    metadata = json.loads(created.stdout)["metadata"]
+    assert metadata == {"epochs": 10} and type(metadata["epochs"]) is int  # printed as 10, not 10.0
+
+    missing = subprocess.run(
+        [*command, "model", "describe", "nope"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert missing.returncode == 1
+    assert missing.stdout == ""
+    assert missing.stderr.startswith("error: NOT_FOUND MODEL_NOT_FOUND: ")
