@@ -6,6 +6,7 @@ import argparse
 import datetime
 import enum
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -243,6 +244,48 @@ def checkpoint_delete(r: Registry, args: argparse.Namespace) -> None:
     _done(args, f"Deleted checkpoint {args.uuid}.")
 
 
+def _open_store(args: argparse.Namespace) -> Any:
+    """The registry's database itself, for backups: they keep what the RPCs hand out anew (version
+    numbers, times, owners). Imported here so that the client alone needs no server code."""
+    from registry_server import db as database
+    from registry_server.store import RegistryStore
+
+    db = database.connect(args.database_url)
+    database.migrate(db)
+    return RegistryStore(db)
+
+
+def _backup(args: argparse.Namespace, export: bool) -> int:
+    """Runs an export or an import on the database of --database-url; refusals exit 1."""
+    from registry_server import backup
+    from registry_server.errors import RegistryError as StoreError
+
+    store = _open_store(args)
+    try:
+        with store.db.connection_context():
+            if args.file == "-":
+                counts = backup.export_registry(store, sys.stdout) if export else backup.import_registry(store, sys.stdin)
+            else:
+                with open(args.file, "w" if export else "r", encoding="utf-8") as file:
+                    counts = backup.export_registry(store, file) if export else backup.import_registry(store, file)
+    except StoreError as err:
+        print(f"error: {err.reason}: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.db.close_all()
+    summary = f"{'Exported' if export else 'Imported'} {counts['models']} models, {counts['model_versions']} model versions, {counts['checkpoints']} checkpoints."
+    print(summary, file=sys.stderr if export and args.file == "-" else sys.stdout)
+    return 0
+
+
+def registry_export(_: Registry | None, args: argparse.Namespace) -> int:
+    return _backup(args, export=True)
+
+
+def registry_import(_: Registry | None, args: argparse.Namespace) -> int:
+    return _backup(args, export=False)
+
+
 # Argument parsing
 
 
@@ -288,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,export,import}")
 
     def command(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
                 ) -> argparse.ArgumentParser:
@@ -382,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(checkpoints, "delete", checkpoint_delete, "Delete a checkpoint not used by any version.")
     p.add_argument("uuid")
+
+    for name, handler, help_text, file_help in [
+        ("export", registry_export, "Write the whole registry to a JSON file (a backup).", "output file; - for stdout"),
+        ("import", registry_import, "Load an export into an empty registry, on SQLite or PostgreSQL.", "export file; - for stdin"),
+    ]:
+        p = command(groups, name, handler, help_text)
+        p.set_defaults(offline=True)
+        p.add_argument("file", metavar="FILE", help=file_help)
+        p.add_argument(
+            "--database-url",
+            default=os.environ.get("MODEL_REGISTRY_DATABASE_URL", "sqlite:///registry.db"),
+            help="the registry's database, as the server's flag (env MODEL_REGISTRY_DATABASE_URL; "
+            "default sqlite:///registry.db)",
+        )
     return parser
 
 
@@ -395,9 +452,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     target = getattr(args, "target", None) or default_target()
     try:
+        if getattr(args, "offline", False):
+            return args.handler(None, args)
         with Registry(target, timeout=getattr(args, "timeout", 30.0)) as registry:
             args.handler(registry, args)
     except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (TypeError, ValueError) as err:
