@@ -93,4 +93,14 @@ def ping(db: pw.Database) -> bool:
             db.execute_sql("SELECT 1")
         return True
     except pw.PeeweeException:
+        discard_idle_connections(db)
         return False
+
+
+def discard_idle_connections(db: pw.Database) -> None:
+    """After a connection failed, the idle ones in the pool are likely dead too (the database was
+    restarted, or dropped us): close them, so that the next calls open fresh ones."""
+    try:
+        db.close_idle()
+    except pw.PeeweeException:
+        pass

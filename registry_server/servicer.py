@@ -17,6 +17,7 @@ from modelregistry.v1 import checkpoint_pb2, model_pb2, registry_service_pb2 as 
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
 from . import convert, errors
+from . import db as database
 from .errors import invalid
 from .store import CheckpointQuery, ModelQuery, RegistryStore
 
@@ -48,6 +49,8 @@ def _database_error(error: pw.PeeweeException) -> errors.RegistryError:
         return errors.Aborted("TRANSACTION_CONFLICT", "the request conflicted with another one; retry it")
     if isinstance(error, pw.DataError):
         return invalid("VALUE_REFUSED_BY_DATABASE", "a value of the request is out of the database's range")
+    if "locked" in str(error) or "busy" in str(error):
+        return errors.Unavailable("DATABASE_BUSY", "the registry's database is busy; retry later")
     return errors.Unavailable("DATABASE_UNAVAILABLE", "the registry's database is unavailable; retry later")
 
 
@@ -76,6 +79,8 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             _abort(context, error)
         except pw.PeeweeException as error:
             log.warning("%s: database error: %s", method.__name__, error)
+            if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
+                database.discard_idle_connections(self.store.db)
             _abort(context, _database_error(error))
         return response_type()
 
