@@ -42,6 +42,9 @@ _RETRYABLE_METHODS = sorted(
 )
 SERVICE_CONFIG = json.dumps(
     {
+        # Spread calls over every address the target resolves to (several replicas behind one DNS
+        # name, or "ipv4:host1:port,host2:port"), skipping those that are down.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{"service": _SERVICE.full_name, "method": m} for m in _RETRYABLE_METHODS],

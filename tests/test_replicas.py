@@ -153,3 +153,24 @@ def test_sigkill_under_write_load_loses_nothing_acknowledged(database_url: str, 
         print(f"round {round_}: {len(acknowledged)} acknowledged writes, {len(failed)} cut off, 2 crashes survived")
     finally:
         server.kill()
+
+
+def test_client_spreads_over_replicas_and_survives_one_dying(database_url: str) -> None:
+    """The client's round_robin policy over two replicas: calls go on when one of them is killed."""
+    from registry_client import Registry
+
+    first, second = ServerProcess(database_url), ServerProcess(database_url)
+    try:
+        target = "ipv4:" + ",".join([first.target, second.target])
+        with Registry(target, timeout=20) as registry:
+            registry.create_model("m")
+            for _ in range(20):
+                assert registry.get_model("m").name == "m"
+            first.kill()
+            for i in range(20):
+                assert registry.get_model("m").name == "m"  # reads retried on the live replica
+            ckpt = registry.create_checkpoint()
+            assert registry.get_model("m").register_version(ckpt.uuid).version == 1
+    finally:
+        first.kill()
+        second.stop()
