@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from . import db as database
-from .servicer import ModelRegistryServicer
+from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
 from .store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -23,16 +24,26 @@ SERVICE_NAME = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistrySe
 DEFAULT_WORKERS = 16
 MAX_CONCURRENT_RPCS = 256
 HEALTH_PROBE_INTERVAL_S = 2.0
+PURGE_INTERVAL_S = 3600.0  # how often request_ids past their retention are forgotten
 
 
 class RegistryServer:
     """A started registry server: the gRPC server, its port, its health servicer and its database."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, db: pw.Database):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        db: pw.Database,
+        servicer: ModelRegistryServicer,
+    ):
         self.server = server
         self.port = port
         self.health = health_servicer
         self.db = db
+        self.servicer = servicer
+        self._purged_at = 0.0
         self._stopping = threading.Event()
         self._serving: bool | None = None
         self._watcher = threading.Thread(target=self._watch_database, name="health", daemon=True)
@@ -44,7 +55,20 @@ class RegistryServer:
             if serving != self._serving:
                 (log.info if serving else log.warning)("database %s", "reachable" if serving else "unreachable")
                 self.set_serving(serving)
+            if serving and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
+                self._purge_request_records()
             self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
+
+    def _purge_request_records(self) -> None:
+        """Forgets request_ids past their retention (every replica may do it; deleting twice is harmless)."""
+        try:
+            with self.db.connection_context():
+                purged = self.servicer.store.purge_request_records()
+            self._purged_at = time.monotonic()
+            if purged:
+                log.info("forgot %d request ids past their retention", purged)
+        except pw.PeeweeException as error:
+            log.warning("could not purge old request ids: %s", error)
 
     def set_serving(self, serving: bool) -> None:
         self._serving = serving
@@ -56,6 +80,7 @@ class RegistryServer:
         """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
         self._stopping.set()
         self.set_serving(False)
+        self.servicer.stop_watchers()
         self.server.stop(grace).wait()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
 
@@ -67,11 +92,15 @@ def build_server(
     *,
     max_workers: int = DEFAULT_WORKERS,
     reuse_port: bool = False,
+    watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
+    max_watchers: int | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
-    over them; without it, binding a port that is taken fails instead of silently sharing it."""
+    over them; without it, binding a port that is taken fails instead of silently sharing it.
+    Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
+    them) caps the streams so that unary calls keep the rest."""
     db = database.connect(database_url, max_connections=max_workers + 4)
     database.migrate(db)
     server = grpc.server(
@@ -79,9 +108,12 @@ def build_server(
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
-    registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
-        ModelRegistryServicer(RegistryStore(db)), server
+    servicer = ModelRegistryServicer(
+        RegistryStore(db),
+        watch_poll_interval=watch_poll_interval,
+        max_watchers=max_watchers if max_watchers is not None else max(1, max_workers // 2),
     )
+    registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -91,7 +123,7 @@ def build_server(
     if not bound:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    running = RegistryServer(server, bound, health_servicer, db)
+    running = RegistryServer(server, bound, health_servicer, db, servicer)
     running.set_serving(database.ping(db))
     running._watcher.start()
     return running

@@ -246,7 +246,6 @@ class AliasChange(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
-    SEQUENCE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name of the model."""
     alias: _builtins.str
@@ -257,8 +256,6 @@ class AliasChange(_message.Message):
     """Version the alias points at after the change; 0 when it was deleted."""
     principal: _builtins.str
     """Principal that made the change."""
-    sequence: _builtins.int
-    """Sequence number of the event recording the change (see WatchEvents)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change was committed."""
@@ -272,11 +269,10 @@ class AliasChange(_message.Message):
         version: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         principal: _builtins.str = ...,
-        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name", "previous_version", b"previous_version", "principal", b"principal", "sequence", b"sequence", "time", b"time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name", "previous_version", b"previous_version", "principal", b"principal", "time", b"time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
