@@ -505,20 +505,20 @@ class RegistryStore:
         return self._create_once(request, create, self._version_by_id, conflict)
 
     def _versions(self) -> pw.ModelSelect:
-        return ModelVersion.select(ModelVersion, Model.name, Checkpoint).join(Model).switch(ModelVersion).join(Checkpoint)
+        return ModelVersion.select(ModelVersion, Model.id, Model.name, Checkpoint).join(Model).switch(ModelVersion).join(Checkpoint)
 
     def _with_aliases(self, rows: list[ModelVersion]) -> list[ModelVersion]:
         """Sets `aliases` on version rows (of _versions): the names of the aliases pointing at each."""
         pointing: dict[tuple[int, int], list[str]] = {}
         if rows:
             query = ModelAlias.select().where(
-                ModelAlias.model.in_({row.model_id for row in rows}),
+                ModelAlias.model.in_({row.model.id for row in rows}),
                 ModelAlias.version.in_({row.version for row in rows}),
             )
             for alias in query.order_by(ModelAlias.alias):
                 pointing.setdefault((alias.model_id, alias.version), []).append(alias.alias)
         for row in rows:
-            row.aliases = pointing.get((row.model_id, row.version), [])
+            row.aliases = pointing.get((row.model.id, row.version), [])
         return rows
 
     def _version_by_id(self, row_id: int) -> ModelVersion:
