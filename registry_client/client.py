@@ -78,7 +78,8 @@ _WATCH_BACKOFF_S = (0.1, 5.0)
 
 
 def _request_id(given: str | None) -> str:
-    return given if given is not None else str(uuidlib.uuid4())
+    """The caller's request_id, or a new one: every create this client sends can be retried safely."""
+    return given or str(uuidlib.uuid4())
 
 
 def default_target() -> str:

@@ -11,7 +11,8 @@ import time
 import grpc
 import pytest
 
-from modelregistry.v1 import registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from registry_client import (
     AlreadyExistsError,
     EventKind,
@@ -277,3 +278,53 @@ def stored_events(database_url: str) -> list:
             return rows
     finally:
         db.close_all()
+
+
+def test_sigkill_mid_registration_leaves_whole_registrations_or_nothing(database_url: str) -> None:
+    """Pipelines register-and-promote fresh models (model, checkpoint, version, alias in one call) while
+    the server is SIGKILLed. Afterwards every attempt is either all there or not there at all: no
+    model without its version, no checkpoint without its model, no event without its change."""
+    attempts = 200
+    server = ServerProcess(database_url)
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def pipeline(worker: int) -> None:
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.ModelRegistryServiceStub(channel)
+        try:
+            for i in range(worker, attempts, 4):
+                with lock:
+                    started.append(i)
+                stub.CreateModelVersion(
+                    pb.CreateModelVersionRequest(
+                        model_name=f"model-{i}", checkpoint=checkpoint_pb2.Checkpoint(batch_number=i),
+                        create_model_if_missing=True, aliases=["production"],
+                    ),
+                    timeout=10,
+                )
+        except grpc.RpcError:
+            pass  # the server died under this call
+        finally:
+            channel.close()
+
+    pipelines = [threading.Thread(target=pipeline, args=(w,), daemon=True) for w in range(4)]
+    for thread in pipelines:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(started) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.kill()
+    for thread in pipelines:
+        thread.join(timeout=30)
+    with ServerProcess(database_url) as restarted, Registry(restarted.target, timeout=30) as r:
+        models = {m.name: m for m in r.get_models()}
+        batches = sorted(c.batch_number for c in r.get_checkpoints())
+        assert 0 < len(models) < attempts
+        for name, model in models.items():
+            version = model.get_version(alias="production")
+            assert (model.num_versions, version.version, version.checkpoint.batch_number) == (1, 1, int(name[6:]))
+        assert batches == sorted(int(name[6:]) for name in models)
+    kinds = [(e.kind, e.model_name) for e in stored_events(database_url)]
+    assert len(kinds) == 4 * len(models)
+    assert {name for kind, name in kinds if kind == EventKind.MODEL_CREATED} == set(models)
