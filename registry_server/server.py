@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from concurrent import futures
@@ -16,7 +17,7 @@ from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from . import db as database
 from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
-from .store import RegistryStore
+from .store import EVENTS_CHANNEL, RegistryStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RegistryServer:
         self._stopping = threading.Event()
         self._serving: bool | None = None
         self._watcher = threading.Thread(target=self._watch_database, name="health", daemon=True)
+        self._listener = threading.Thread(target=self._listen_for_events, name="listen", daemon=True)
 
     def _watch_database(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached, SERVING once it answers."""
@@ -58,6 +60,31 @@ class RegistryServer:
             if serving and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
                 self._purge_request_records()
             self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
+
+    def _listen_for_events(self) -> None:
+        """PostgreSQL: wakes this server's watch streams as soon as any replica commits events (NOTIFY
+        is delivered at commit). Only a shortcut: the streams poll anyway, so a lost connection here
+        delays them by at most their poll interval and loses nothing."""
+        import psycopg2  # PostgreSQL only
+
+        while not self._stopping.is_set():
+            connection = None
+            try:
+                connection = psycopg2.connect(database=self.db.database, **self.db.connect_params)
+                connection.autocommit = True
+                connection.cursor().execute(f"LISTEN {EVENTS_CHANNEL}")
+                while not self._stopping.is_set():
+                    if select.select([connection], [], [], 1.0)[0]:
+                        connection.poll()
+                        if connection.notifies:
+                            connection.notifies.clear()
+                            self.servicer.wake_watchers()
+            except (psycopg2.Error, OSError) as error:
+                log.warning("not listening for other replicas' events (watchers poll meanwhile): %s", error)
+                self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
+            finally:
+                if connection is not None:
+                    connection.close()
 
     def _purge_request_records(self) -> None:
         """Forgets request_ids past their retention (every replica may do it; deleting twice is harmless)."""
@@ -126,4 +153,6 @@ def build_server(
     running = RegistryServer(server, bound, health_servicer, db, servicer)
     running.set_serving(database.ping(db))
     running._watcher.start()
+    if not database.is_sqlite(db):
+        running._listener.start()
     return running

@@ -155,9 +155,10 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every wake-up, so that none is missed between query and wait
-        store.on_events.append(self._wake)
+        store.on_events.append(self.wake_watchers)
 
-    def _wake(self) -> None:
+    def wake_watchers(self) -> None:
+        """Makes every waiting stream look for new events now."""
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
@@ -166,7 +167,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         """Ends every WatchEvents stream (UNAVAILABLE, SERVER_STOPPING), so that a stopping server
         does not wait out its grace period for streams that never finish."""
         self._stopping.set()
-        self._wake()
+        self.wake_watchers()
 
     def _owner(self, context: grpc.ServicerContext) -> str:
         """The principal making the call; empty until the server authenticates callers."""
@@ -397,7 +398,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             _abort(context, error)
             return
         try:
-            context.add_callback(self._wake)  # a cancelled stream stops waiting at once
+            context.add_callback(self.wake_watchers)  # a cancelled stream stops waiting at once
             after = request.after_sequence
             while context.is_active() and not self._stopping.is_set():
                 generation = self._generation

@@ -50,6 +50,8 @@ MODEL_SORT_KEYS = {
 }
 MODEL_FIELDS = ("description", "metadata", "labels", "notes")
 VERSION_FIELDS = ("name", "comment", "labels", "metadata", "notes")
+# PostgreSQL channel notified (at commit) of every transaction that appended events.
+EVENTS_CHANNEL = "model_registry_events"
 # A request_id is remembered at least this long; purge_request_records forgets older ones.
 REQUEST_ID_RETENTION_S = 24 * 3600
 
@@ -186,6 +188,9 @@ class RegistryStore:
             for i, event in enumerate(events, start=1)
         ]
         Event.insert_many(rows).execute()
+        if not self._sqlite:
+            # Delivered at COMMIT, to every replica LISTENing: their watchers need not wait for a poll.
+            self.db.execute_sql("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(last)))
 
     def _principal(self) -> str:
         return getattr(self._local, "principal", "")

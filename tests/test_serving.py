@@ -328,3 +328,24 @@ def test_sigkill_mid_registration_leaves_whole_registrations_or_nothing(database
     kinds = [(e.kind, e.model_name) for e in stored_events(database_url)]
     assert len(kinds) == 4 * len(models)
     assert {name for kind, name in kinds if kind == EventKind.MODEL_CREATED} == set(models)
+
+
+def test_postgresql_notify_wakes_watchers_of_other_replicas(database_url: str) -> None:
+    """With polling all but off (every 60 s), a watcher on one replica still hears at once of a change
+    committed through another: PostgreSQL's NOTIFY wakes it."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite replicas rely on polling")
+    slow_poll = ("--watch-poll-interval", "60")
+    with ServerProcess(database_url, *slow_poll) as writer, ServerProcess(database_url, *slow_poll) as reader:
+        with Registry(reader.target, timeout=30) as r, Registry(writer.target, timeout=30) as w:
+            w.create_model("first")
+            stream = r.watch(reconnect=False)
+            assert next(stream).model_name == "first"  # the stream is now waiting for live events
+            received: list = []
+            follower = threading.Thread(target=lambda: received.append(next(stream)), daemon=True)
+            follower.start()
+            time.sleep(0.5)  # let the stream settle into its wait before the write
+            w.create_model("second")
+            follower.join(timeout=20)  # far below the 60 s poll: only a notification explains it
+            assert [e.model_name for e in received] == ["second"]
+            stream.close()
