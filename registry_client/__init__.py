@@ -14,14 +14,27 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .objects import Checkpoint, CheckpointState, Model, ModelOrderBy, ModelSortBy, ModelVersion
+from .objects import (
+    AliasChange,
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventKind,
+    Model,
+    ModelOrderBy,
+    ModelSortBy,
+    ModelVersion,
+)
 
 __all__ = [
     "AbortedError",
+    "AliasChange",
     "AlreadyExistsError",
     "Checkpoint",
     "CheckpointState",
     "DeadlineExceededError",
+    "Event",
+    "EventKind",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "Model",

@@ -13,7 +13,17 @@ from typing import Any
 
 from .client import Registry, default_target
 from .errors import RegistryError
-from .objects import Checkpoint, CheckpointState, Model, ModelOrderBy, ModelSortBy, ModelVersion
+from .objects import (
+    AliasChange,
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventKind,
+    Model,
+    ModelOrderBy,
+    ModelSortBy,
+    ModelVersion,
+)
 
 # (heading, getter) per object type: `describe` shows them all, list tables the ones named below.
 MODEL_FIELDS: list[tuple[str, Callable[[Model], Any]]] = [
@@ -43,9 +53,28 @@ VERSION_FIELDS: list[tuple[str, Callable[[ModelVersion], Any]]] = [
     ("Owner", lambda v: v.owner),
     ("Created", lambda v: v.creation_time),
     ("Last updated", lambda v: v.last_updated_time),
+    ("Aliases", lambda v: v.aliases),
     ("Metrics", lambda v: v.checkpoint.metrics),
 ]
-VERSION_COLUMNS = ["Version", "Checkpoint", "Name", "Comment", "Labels", "Created"]
+VERSION_COLUMNS = ["Version", "Checkpoint", "Name", "Comment", "Labels", "Aliases", "Created"]
+
+ALIAS_CHANGE_FIELDS: list[tuple[str, Callable[[AliasChange], Any]]] = [
+    ("Time", lambda c: c.time),
+    ("Alias", lambda c: c.alias),
+    ("From", lambda c: c.previous_version or "-"),
+    ("To", lambda c: c.version or "(deleted)"),
+    ("Principal", lambda c: c.principal),
+]
+EVENT_FIELDS: list[tuple[str, Callable[[Event], Any]]] = [
+    ("Sequence", lambda e: e.sequence),
+    ("Time", lambda e: e.time),
+    ("Kind", lambda e: e.kind),
+    ("Model", lambda e: e.model_name + (f" -> {e.new_model_name}" if e.new_model_name else "")),
+    ("Version", lambda e: e.version or ""),
+    ("Alias", lambda e: e.alias),
+    ("Checkpoint", lambda e: e.checkpoint_uuid),
+    ("Principal", lambda e: e.principal),
+]
 
 CHECKPOINT_FIELDS: list[tuple[str, Callable[[Checkpoint], Any]]] = [
     ("UUID", lambda c: c.uuid),
@@ -163,9 +192,41 @@ def model_describe(r: Registry, args: argparse.Namespace) -> None:
 
 def model_register(r: Registry, args: argparse.Namespace) -> None:
     version = r.get_model(args.name).register_version(
-        args.checkpoint_uuid, args.version_name, args.comment, args.label, args.metadata, args.notes
+        args.checkpoint_uuid, args.version_name, args.comment, args.label, args.metadata, args.notes, aliases=args.alias
     )
     _show(args, version, VERSION_FIELDS)
+
+
+def model_alias_set(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.get_model(args.name).set_alias(args.alias, args.version), VERSION_FIELDS)
+
+
+def model_alias_delete(r: Registry, args: argparse.Namespace) -> None:
+    r.get_model(args.name).delete_alias(args.alias)
+    _done(args, f"Deleted alias {args.alias} of model {args.name}.")
+
+
+def model_alias_history(r: Registry, args: argparse.Namespace) -> None:
+    changes = r.get_model(args.name).get_alias_history(args.alias)
+    _show_list(args, changes, ALIAS_CHANGE_FIELDS, [heading for heading, _ in ALIAS_CHANGE_FIELDS])
+
+
+def registry_watch(r: Registry, args: argparse.Namespace) -> None:
+    """One line per event as it happens (JSON Lines with --json), until --limit events or Ctrl-C."""
+    events = r.watch(args.model, [EventKind[k.upper()] for k in args.kind], args.after, reconnect=not args.no_reconnect)
+    getters = [get for _, get in EVENT_FIELDS]
+    try:
+        for count, event in enumerate(events, start=1):
+            if args.json:
+                print(json.dumps(event.to_dict()), flush=True)
+            else:
+                print("  ".join(_text(get(event)) for get in getters).rstrip(), flush=True)
+            if args.limit and count >= args.limit:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        events.close()
 
 
 def model_list_versions(r: Registry, args: argparse.Namespace) -> None:
@@ -331,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,export,import}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch,export,import}")
 
     def command(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
                 ) -> argparse.ArgumentParser:
@@ -371,6 +432,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[])
     p.add_argument("--metadata", type=json_object, metavar="JSON")
     p.add_argument("--notes", default="")
+    p.add_argument("--alias", action="append", default=[],
+                   help="point this alias at the new version in the same step; repeatable")
+
+    aliases = models.add_parser("alias", help="aliases naming a model's versions, e.g. production").add_subparsers(
+        dest="alias_command", required=True
+    )
+    p = command(aliases, "set", model_alias_set, "Point an alias at a version (creating or moving it).")
+    p.add_argument("name")
+    p.add_argument("alias")
+    p.add_argument("version", type=int)
+    p = command(aliases, "delete", model_alias_delete, "Remove an alias (its history stays).")
+    p.add_argument("name")
+    p.add_argument("alias")
+    p = command(aliases, "history", model_alias_history, "Show every move of a model's aliases, oldest first.")
+    p.add_argument("name")
+    p.add_argument("--alias", help="only this alias")
 
     p = command(models, "list-versions", model_list_versions, "List a model's versions, newest first.")
     p.add_argument("name")
@@ -425,6 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(checkpoints, "delete", checkpoint_delete, "Delete a checkpoint not used by any version.")
     p.add_argument("uuid")
+
+    p = command(groups, "watch", registry_watch, "Print the registry's events as they happen, oldest first.")
+    p.add_argument("--model", action="append", default=[], help="only events of this model; repeatable")
+    p.add_argument("--kind", action="append", default=[], type=str.lower, choices=[k.name.lower() for k in EventKind],
+                   help="only events of this kind; repeatable")
+    p.add_argument("--after", type=int, default=0, metavar="SEQUENCE",
+                   help="start after this event's sequence number (default 0: the whole history)")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many events (default: never)")
+    p.add_argument("--no-reconnect", action="store_true", help="exit with an error when the stream is lost")
 
     for name, handler, help_text, file_help in [
         ("export", registry_export, "Write the whole registry to a JSON file (a backup).", "output file; - for stdout"),

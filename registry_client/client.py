@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Iterable, Mapping
+import time
+import uuid as uuidlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -14,13 +16,17 @@ from google.protobuf.message import Message
 
 from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb, registry_service_pb2_grpc
 
-from .errors import from_rpc_error
+from .errors import UnavailableError, from_rpc_error
 from .objects import (
     Checkpoint,
     CheckpointState,
+    Event,
+    EventKind,
     Model,
     ModelOrderBy,
     ModelSortBy,
+    ModelVersion,
+    checkpoint_message,
     dict_to_struct,
 )
 
@@ -28,14 +34,20 @@ DEFAULT_TARGET = "localhost:50051"
 TARGET_ENV = "MODEL_REGISTRY_TARGET"
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
-# Retrying is safe only where a repeated call cannot do something twice: reads, and updates that
-# set absolute values. Create*, Delete* and RenameModel could fail or duplicate on a second attempt.
+# Retrying is safe only where a repeated call cannot do something twice: reads, updates that set
+# absolute values, and the creates, because this client always sends them with a request_id (the
+# server answers a repeat with the first call's result). Delete* and RenameModel could fail on a
+# second attempt after a first one that took effect.
 _IDEMPOTENT_WRITES = {
     "UpdateModel",
     "UpdateModelMetadata",
     "UpdateModelVersion",
     "ArchiveModel",
     "UnarchiveModel",
+    "SetModelAlias",
+    "CreateModel",
+    "CreateModelVersion",
+    "CreateCheckpoint",
 }
 _RETRYABLE_METHODS = sorted(
     m.name for m in _SERVICE.methods if m.name.startswith(("Get", "List")) or m.name in _IDEMPOTENT_WRITES
@@ -59,6 +71,15 @@ SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+
+
+# First and longest pause before a lost watch stream is resumed.
+_WATCH_BACKOFF_S = (0.1, 5.0)
+
+
+def _request_id(given: str | None) -> str:
+    """The caller's request_id, or a new one: every create this client sends can be retried safely."""
+    return given or str(uuidlib.uuid4())
 
 
 def default_target() -> str:
@@ -117,8 +138,12 @@ class Registry:
         metadata: Mapping[str, Any] | None = None,
         labels: Iterable[str] | None = None,
         notes: str = "",
+        request_id: str | None = None,
     ) -> Model:
-        """Create a model with no versions; AlreadyExistsError when the name is taken."""
+        """Create a model with no versions; AlreadyExistsError when the name is taken.
+
+        request_id (a new UUID when None) makes the call safe to retry: the same id with the same
+        arguments returns the model the first call created."""
         response = self._call(
             "CreateModel",
             pb.CreateModelRequest(
@@ -127,6 +152,7 @@ class Registry:
                 metadata=dict_to_struct(metadata),
                 labels=list(labels or []),
                 notes=notes,
+                request_id=_request_id(request_id),
             ),
         )
         return Model.from_proto(response.model, self)
@@ -185,28 +211,18 @@ class Registry:
         state: CheckpointState | None = None,
         storage_uri: str = "",
         report_time: datetime.datetime | None = None,
+        request_id: str | None = None,
     ) -> Checkpoint:
-        """Record a checkpoint; the server generates the uuid when None and stores COMPLETED when no state."""
-        checkpoint = checkpoint_pb2.Checkpoint(
-            uuid=uuid or "",
-            experiment_id=experiment_id,
-            trial_id=trial_id,
-            batch_number=batch_number,
-            experiment_config=dict_to_struct(experiment_config),
-            hparams=dict_to_struct(hparams),
-            resources=dict(resources or {}),
-            metadata=dict_to_struct(metadata),
-            framework=framework,
-            format=format,
-            metrics=dict_to_struct(metrics),
-            state=state or 0,
-            storage_uri=storage_uri,
+        """Record a checkpoint; the server generates the uuid when None and stores COMPLETED when no state.
+
+        request_id (a new UUID when None) makes the call safe to retry, as in create_model."""
+        checkpoint = checkpoint_message(
+            uuid, experiment_id, trial_id, batch_number, experiment_config, hparams, resources, metadata,
+            framework, format, metrics, state, storage_uri, report_time,
         )
-        if report_time is not None:
-            timestamp = timestamp_pb2.Timestamp()
-            timestamp.FromDatetime(report_time)  # naive datetimes are taken as UTC
-            checkpoint.report_time.CopyFrom(timestamp)
-        response = self._call("CreateCheckpoint", pb.CreateCheckpointRequest(checkpoint=checkpoint))
+        response = self._call(
+            "CreateCheckpoint", pb.CreateCheckpointRequest(checkpoint=checkpoint, request_id=_request_id(request_id))
+        )
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
@@ -236,6 +252,78 @@ class Registry:
     def delete_checkpoint(self, uuid: str) -> None:
         """Delete a checkpoint; FailedPreconditionError (CHECKPOINT_IN_USE) while a version uses it."""
         self._call("DeleteCheckpoint", pb.DeleteCheckpointRequest(uuid=uuid))
+
+    # Registration and events
+
+    def register_version(
+        self,
+        model_name: str,
+        checkpoint_uuid: str | None = None,
+        *,
+        checkpoint: Mapping[str, Any] | None = None,
+        create_model_if_missing: bool = False,
+        aliases: Iterable[str] = (),
+        name: str = "",
+        comment: str = "",
+        labels: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        notes: str = "",
+        request_id: str | None = None,
+    ) -> ModelVersion:
+        """Register a model version in one transaction, all of it or nothing.
+
+        Give checkpoint_uuid (an existing COMPLETED checkpoint) or `checkpoint`, the arguments of
+        create_checkpoint as a dict, to record it in the same step. create_model_if_missing creates
+        the model; `aliases` (e.g. ["production"]) are pointed at the new version. request_id (a new
+        UUID when None) makes the call safe to retry: it is retried on UNAVAILABLE, and a repeat with
+        the same id returns the first call's version instead of registering another."""
+        request = pb.CreateModelVersionRequest(
+            model_name=model_name,
+            checkpoint_uuid=checkpoint_uuid or "",
+            name=name,
+            comment=comment,
+            labels=list(labels or []),
+            metadata=dict_to_struct(metadata),
+            notes=notes,
+            create_model_if_missing=create_model_if_missing,
+            aliases=list(aliases),
+            request_id=_request_id(request_id),
+        )
+        if checkpoint is not None:
+            request.checkpoint.CopyFrom(checkpoint_message(**checkpoint))
+        return ModelVersion.from_proto(self._call("CreateModelVersion", request).model_version, self)
+
+    def watch(
+        self,
+        models: Iterable[str] | None = None,
+        kinds: Iterable[EventKind] | None = None,
+        after: int = 0,
+        *,
+        reconnect: bool = True,
+    ) -> Iterator[Event]:
+        """Yield the registry's events numbered after `after` (0: from the first), then new ones as
+        they happen, in order, forever. With `reconnect`, a stream lost to UNAVAILABLE (a server
+        stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate.
+        Stop by breaking out of the loop (the stream is cancelled)."""
+        request = pb.WatchEventsRequest(model_names=list(models or []), kinds=list(kinds or []))
+        backoff = _WATCH_BACKOFF_S[0]
+        while True:
+            request.after_sequence = after
+            call = self._stub.WatchEvents(request)
+            try:
+                for response in call:
+                    event = Event.from_proto(response.event)
+                    after = event.sequence
+                    backoff = _WATCH_BACKOFF_S[0]
+                    yield event
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+                if not (reconnect and isinstance(error, UnavailableError)):
+                    raise error from err
+            finally:
+                call.cancel()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _WATCH_BACKOFF_S[1])
 
     # Lifetime
 

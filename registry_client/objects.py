@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 
-from modelregistry.v1 import checkpoint_pb2, model_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 
 from .errors import NotFoundError
 
@@ -48,6 +48,24 @@ class CheckpointState(enum.IntEnum):
     PARTIALLY_DELETED = checkpoint_pb2.CHECKPOINT_STATE_PARTIALLY_DELETED
 
 
+class EventKind(enum.IntEnum):
+    """What a change of the registry did (Event.kind)."""
+
+    MODEL_CREATED = event_pb2.EVENT_KIND_MODEL_CREATED
+    MODEL_UPDATED = event_pb2.EVENT_KIND_MODEL_UPDATED
+    MODEL_RENAMED = event_pb2.EVENT_KIND_MODEL_RENAMED
+    MODEL_ARCHIVED = event_pb2.EVENT_KIND_MODEL_ARCHIVED
+    MODEL_UNARCHIVED = event_pb2.EVENT_KIND_MODEL_UNARCHIVED
+    MODEL_DELETED = event_pb2.EVENT_KIND_MODEL_DELETED
+    MODEL_VERSION_CREATED = event_pb2.EVENT_KIND_MODEL_VERSION_CREATED
+    MODEL_VERSION_UPDATED = event_pb2.EVENT_KIND_MODEL_VERSION_UPDATED
+    MODEL_VERSION_DELETED = event_pb2.EVENT_KIND_MODEL_VERSION_DELETED
+    CHECKPOINT_CREATED = event_pb2.EVENT_KIND_CHECKPOINT_CREATED
+    CHECKPOINT_DELETED = event_pb2.EVENT_KIND_CHECKPOINT_DELETED
+    ALIAS_SET = event_pb2.EVENT_KIND_ALIAS_SET
+    ALIAS_DELETED = event_pb2.EVENT_KIND_ALIAS_DELETED
+
+
 def _plain_numbers(value: Any) -> Any:
     """Turn integral floats back into ints, recursively: Struct stores every number as a double."""
     if isinstance(value, float) and value.is_integer():
@@ -72,6 +90,43 @@ def dict_to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(dict(value or {}))
     return struct
+
+
+def checkpoint_message(
+    uuid: str | None = None,
+    experiment_id: int = 0,
+    trial_id: int = 0,
+    batch_number: int = 0,
+    experiment_config: Mapping[str, Any] | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    resources: Mapping[str, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    framework: str = "",
+    format: str = "",
+    metrics: Mapping[str, Any] | None = None,
+    state: CheckpointState | None = None,
+    storage_uri: str = "",
+    report_time: datetime.datetime | None = None,
+) -> checkpoint_pb2.Checkpoint:
+    """A Checkpoint message from the arguments of Registry.create_checkpoint."""
+    checkpoint = checkpoint_pb2.Checkpoint(
+        uuid=uuid or "",
+        experiment_id=experiment_id,
+        trial_id=trial_id,
+        batch_number=batch_number,
+        experiment_config=dict_to_struct(experiment_config),
+        hparams=dict_to_struct(hparams),
+        resources=dict(resources or {}),
+        metadata=dict_to_struct(metadata),
+        framework=framework,
+        format=format,
+        metrics=dict_to_struct(metrics),
+        state=state or 0,
+        storage_uri=storage_uri,
+    )
+    if report_time is not None:
+        checkpoint.report_time.FromDatetime(report_time)  # naive datetimes are taken as UTC
+    return checkpoint
 
 
 def timestamp_to_datetime(message: Message, field_name: str) -> datetime.datetime | None:
@@ -166,6 +221,7 @@ class ModelVersion:
     owner: str
     creation_time: datetime.datetime | None
     last_updated_time: datetime.datetime | None
+    aliases: list[str]
     _registry: Registry = field(repr=False)
     _proto: model_pb2.ModelVersion = field(repr=False)
 
@@ -184,6 +240,7 @@ class ModelVersion:
             owner=proto.owner,
             creation_time=timestamp_to_datetime(proto, "creation_time"),
             last_updated_time=timestamp_to_datetime(proto, "last_updated_time"),
+            aliases=list(proto.aliases),
             _registry=registry,
             _proto=proto,
         )
@@ -235,7 +292,7 @@ class ModelVersion:
     def __repr__(self) -> str:
         return (
             f"ModelVersion(model_name={self.model_name!r}, version={self.version}, "
-            f"checkpoint_uuid={self.checkpoint.uuid!r}, name={self.name!r})"
+            f"checkpoint_uuid={self.checkpoint.uuid!r}, name={self.name!r}, aliases={self.aliases!r})"
         )
 
 
@@ -341,43 +398,65 @@ class Model:
 
     def register_version(
         self,
-        checkpoint_uuid: str,
+        checkpoint_uuid: str | None = None,
         name: str = "",
         comment: str = "",
         labels: Iterable[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         notes: str = "",
+        *,
+        checkpoint: Mapping[str, Any] | None = None,
+        aliases: Iterable[str] = (),
+        request_id: str | None = None,
     ) -> ModelVersion:
-        """Register a COMPLETED checkpoint as the model's next version (1, 2, 3, ...).
+        """Register a COMPLETED checkpoint as the model's next version (1, 2, 3, ...); see
+        Registry.register_version for `checkpoint`, `aliases` and `request_id`.
 
         The model's own num_versions and latest_version are not refreshed; call reload() for them.
         """
-        response = self._registry._call(
-            "CreateModelVersion",
-            pb.CreateModelVersionRequest(
-                model_name=self.name,
-                checkpoint_uuid=checkpoint_uuid,
-                name=name,
-                comment=comment,
-                labels=list(labels or []),
-                metadata=dict_to_struct(metadata),
-                notes=notes,
-            ),
+        return self._registry.register_version(
+            self.name,
+            checkpoint_uuid,
+            name=name,
+            comment=comment,
+            labels=labels,
+            metadata=metadata,
+            notes=notes,
+            checkpoint=checkpoint,
+            aliases=aliases,
+            request_id=request_id,
         )
-        return ModelVersion.from_proto(response.model_version, self._registry)
 
-    def get_version(self, n: int | None = None) -> ModelVersion | None:
-        """Return version n, or the latest version when n is None (None if the model has none)."""
+    def get_version(self, n: int | None = None, alias: str | None = None) -> ModelVersion | None:
+        """Return version n, the version `alias` points at, or the latest version when neither is given
+        (None if the model has no version yet)."""
         try:
             response = self._registry._call(
-                "GetModelVersion", pb.GetModelVersionRequest(model_name=self.name, version=n or 0)
+                "GetModelVersion",
+                pb.GetModelVersionRequest(model_name=self.name, version=n or 0, alias=alias or ""),
             )
         except NotFoundError as err:
-            # A missing model (MODEL_NOT_FOUND) or a missing explicit version still raises.
-            if not n and err.reason == "MODEL_VERSION_NOT_FOUND":
+            # A missing model (MODEL_NOT_FOUND), version or alias still raises.
+            if not n and not alias and err.reason == "MODEL_VERSION_NOT_FOUND":
                 return None
             raise
         return ModelVersion.from_proto(response.model_version, self._registry)
+
+    def set_alias(self, alias: str, version: int) -> ModelVersion:
+        """Point `alias` (e.g. "production") at a version, creating or moving it in one atomic step."""
+        response = self._registry._call(
+            "SetModelAlias", pb.SetModelAliasRequest(model_name=self.name, alias=alias, version=version)
+        )
+        return ModelVersion.from_proto(response.model_version, self._registry)
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove an alias; its history stays."""
+        self._registry._call("DeleteModelAlias", pb.DeleteModelAliasRequest(model_name=self.name, alias=alias))
+
+    def get_alias_history(self, alias: str | None = None, limit: int | None = None) -> list[AliasChange]:
+        """Every move of the model's aliases (or of one alias), oldest first."""
+        request = pb.ListAliasHistoryRequest(model_name=self.name, alias=alias or "")
+        return [AliasChange.from_proto(c) for c in self._registry._list_all("ListAliasHistory", request, "changes", limit)]
 
     def get_versions(
         self, order_by: ModelOrderBy | None = None, limit: int | None = None
@@ -394,3 +473,63 @@ class Model:
             f"Model(name={self.name!r}, description={self.description!r}, "
             f"num_versions={self.num_versions}, archived={self.archived})"
         )
+
+
+@dataclass
+class AliasChange:
+    """One move of an alias: from previous_version (0: newly set) to version (0: deleted)."""
+
+    model_name: str
+    alias: str
+    previous_version: int
+    version: int
+    time: datetime.datetime | None
+    principal: str
+
+    @classmethod
+    def from_proto(cls, proto: model_pb2.AliasChange) -> AliasChange:
+        return cls(
+            model_name=proto.model_name,
+            alias=proto.alias,
+            previous_version=proto.previous_version,
+            version=proto.version,
+            time=timestamp_to_datetime(proto, "time"),
+            principal=proto.principal,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "time": self.time.isoformat() if self.time else None}
+
+
+@dataclass
+class Event:
+    """One change of the registry, as Registry.watch yields it; `sequence` resumes a watch."""
+
+    sequence: int
+    time: datetime.datetime | None
+    principal: str
+    kind: EventKind
+    model_name: str
+    version: int
+    alias: str
+    previous_version: int
+    checkpoint_uuid: str
+    new_model_name: str
+
+    @classmethod
+    def from_proto(cls, proto: event_pb2.Event) -> Event:
+        return cls(
+            sequence=proto.sequence,
+            time=timestamp_to_datetime(proto, "time"),
+            principal=proto.principal,
+            kind=EventKind(proto.kind),
+            model_name=proto.model_name,
+            version=proto.version,
+            alias=proto.alias,
+            previous_version=proto.previous_version,
+            checkpoint_uuid=proto.checkpoint_uuid,
+            new_model_name=proto.new_model_name,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "kind": self.kind.name, "time": self.time.isoformat() if self.time else None}

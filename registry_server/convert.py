@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from modelregistry.v1 import checkpoint_pb2, model_pb2
+from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 
 from . import tables
 from .errors import invalid
@@ -84,7 +84,8 @@ def checkpoint(row: tables.Checkpoint) -> checkpoint_pb2.Checkpoint:
 
 
 def model_version(row: tables.ModelVersion) -> model_pb2.ModelVersion:
-    """A version row selected with its model's name and its checkpoint joined (store._versions)."""
+    """A version row selected with its model's name and its checkpoint joined (store._versions), and
+    its `aliases` set (store._with_aliases)."""
     return model_pb2.ModelVersion(
         model_name=row.model.name,
         version=row.version,
@@ -97,6 +98,34 @@ def model_version(row: tables.ModelVersion) -> model_pb2.ModelVersion:
         owner=row.owner,
         creation_time=timestamp(row.creation_time),
         last_updated_time=timestamp(row.last_updated_time),
+        aliases=row.aliases,
+    )
+
+
+def alias_change(row: tables.AliasChange) -> model_pb2.AliasChange:
+    """A history row with `model_name` set (store.list_alias_history)."""
+    return model_pb2.AliasChange(
+        model_name=row.model_name,
+        alias=row.alias,
+        previous_version=row.previous_version,
+        version=row.version,
+        time=timestamp(row.time),
+        principal=row.principal,
+    )
+
+
+def event(row: tables.Event) -> event_pb2.Event:
+    return event_pb2.Event(
+        sequence=row.sequence,
+        time=timestamp(row.time),
+        principal=row.principal,
+        kind=row.kind,
+        model_name=row.model_name,
+        version=row.version,
+        alias=row.alias,
+        previous_version=row.previous_version,
+        checkpoint_uuid=row.checkpoint_uuid,
+        new_model_name=row.new_model_name,
     )
 
 

@@ -37,6 +37,10 @@ class Aborted(RegistryError):
     """The transaction conflicted with another one; the request may be retried."""
 
 
+class ResourceExhausted(RegistryError):
+    """The server is at a limit it sets itself (e.g. concurrent watchers); retry later or elsewhere."""
+
+
 def model_not_found(name: str) -> NotFound:
     return NotFound("MODEL_NOT_FOUND", f"model {name!r} not found", model_name=name)
 

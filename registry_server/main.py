@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import db as database
 from .server import DEFAULT_WORKERS, build_server
+from .servicer import WATCH_POLL_INTERVAL_S
 
 log = logging.getLogger("registry_server")
 
@@ -44,6 +45,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads serving calls in each process, and database connections in its pool (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-watchers",
+        type=int,
+        default=None,
+        help="WatchEvents streams served at once by each process; each holds a thread "
+        "(default: half of --threads)",
+    )
+    parser.add_argument(
+        "--watch-poll-interval",
+        type=float,
+        default=WATCH_POLL_INTERVAL_S,
+        help="seconds between a watch stream's looks for events committed through other replicas; "
+        "this process's own commits wake it at once (default: %(default)s)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds calls in flight get to finish on SIGTERM (default: %(default)s)"
     )
     parser.add_argument(
@@ -52,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
+    if args.max_watchers is not None and not 1 <= args.max_watchers < args.threads:
+        parser.error("--max-watchers must be at least 1 and below --threads")
+    if not 0 < args.watch_poll_interval <= 60:
+        parser.error("--watch-poll-interval must be above 0 and at most 60 seconds")
     return args
 
 
@@ -66,7 +85,15 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "") -> int:
     """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0."""
     try:
-        running = build_server(args.database_url, args.host, port, max_workers=args.threads, reuse_port=reuse_port)
+        running = build_server(
+            args.database_url,
+            args.host,
+            port,
+            max_workers=args.threads,
+            reuse_port=reuse_port,
+            watch_poll_interval=args.watch_poll_interval,
+            max_watchers=args.max_watchers,
+        )
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)
         return 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import select
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -14,8 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from . import db as database
-from .servicer import ModelRegistryServicer
-from .store import RegistryStore
+from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
+from .store import EVENTS_CHANNEL, RegistryStore
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +25,30 @@ SERVICE_NAME = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistrySe
 DEFAULT_WORKERS = 16
 MAX_CONCURRENT_RPCS = 256
 HEALTH_PROBE_INTERVAL_S = 2.0
+PURGE_INTERVAL_S = 3600.0  # how often request_ids past their retention are forgotten
 
 
 class RegistryServer:
     """A started registry server: the gRPC server, its port, its health servicer and its database."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, db: pw.Database):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        db: pw.Database,
+        servicer: ModelRegistryServicer,
+    ):
         self.server = server
         self.port = port
         self.health = health_servicer
         self.db = db
+        self.servicer = servicer
+        self._purged_at = 0.0
         self._stopping = threading.Event()
         self._serving: bool | None = None
         self._watcher = threading.Thread(target=self._watch_database, name="health", daemon=True)
+        self._listener = threading.Thread(target=self._listen_for_events, name="listen", daemon=True)
 
     def _watch_database(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached, SERVING once it answers."""
@@ -44,7 +57,45 @@ class RegistryServer:
             if serving != self._serving:
                 (log.info if serving else log.warning)("database %s", "reachable" if serving else "unreachable")
                 self.set_serving(serving)
+            if serving and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
+                self._purge_request_records()
             self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
+
+    def _listen_for_events(self) -> None:
+        """PostgreSQL: wakes this server's watch streams as soon as any replica commits events (NOTIFY
+        is delivered at commit). Only a shortcut: the streams poll anyway, so a lost connection here
+        delays them by at most their poll interval and loses nothing."""
+        import psycopg2  # PostgreSQL only
+
+        while not self._stopping.is_set():
+            connection = None
+            try:
+                connection = psycopg2.connect(database=self.db.database, **self.db.connect_params)
+                connection.autocommit = True
+                connection.cursor().execute(f"LISTEN {EVENTS_CHANNEL}")
+                while not self._stopping.is_set():
+                    if select.select([connection], [], [], 1.0)[0]:
+                        connection.poll()
+                        if connection.notifies:
+                            connection.notifies.clear()
+                            self.servicer.wake_watchers()
+            except (psycopg2.Error, OSError) as error:
+                log.warning("not listening for other replicas' events (watchers poll meanwhile): %s", error)
+                self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
+            finally:
+                if connection is not None:
+                    connection.close()
+
+    def _purge_request_records(self) -> None:
+        """Forgets request_ids past their retention (every replica may do it; deleting twice is harmless)."""
+        try:
+            with self.db.connection_context():
+                purged = self.servicer.store.purge_request_records()
+            self._purged_at = time.monotonic()
+            if purged:
+                log.info("forgot %d request ids past their retention", purged)
+        except pw.PeeweeException as error:
+            log.warning("could not purge old request ids: %s", error)
 
     def set_serving(self, serving: bool) -> None:
         self._serving = serving
@@ -56,6 +107,7 @@ class RegistryServer:
         """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
         self._stopping.set()
         self.set_serving(False)
+        self.servicer.stop_watchers()
         self.server.stop(grace).wait()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
 
@@ -67,11 +119,15 @@ def build_server(
     *,
     max_workers: int = DEFAULT_WORKERS,
     reuse_port: bool = False,
+    watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
+    max_watchers: int | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
-    over them; without it, binding a port that is taken fails instead of silently sharing it."""
+    over them; without it, binding a port that is taken fails instead of silently sharing it.
+    Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
+    them) caps the streams so that unary calls keep the rest."""
     db = database.connect(database_url, max_connections=max_workers + 4)
     database.migrate(db)
     server = grpc.server(
@@ -79,9 +135,12 @@ def build_server(
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
-    registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
-        ModelRegistryServicer(RegistryStore(db)), server
+    servicer = ModelRegistryServicer(
+        RegistryStore(db),
+        watch_poll_interval=watch_poll_interval,
+        max_watchers=max_watchers if max_watchers is not None else max(1, max_workers // 2),
     )
+    registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -91,7 +150,9 @@ def build_server(
     if not bound:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    running = RegistryServer(server, bound, health_servicer, db)
+    running = RegistryServer(server, bound, health_servicer, db, servicer)
     running.set_serving(database.ping(db))
     running._watcher.start()
+    if not database.is_sqlite(db):
+        running._listener.start()
     return running

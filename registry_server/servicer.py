@@ -4,8 +4,10 @@ status codes in one place (`_rpc`)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import grpc
 import peewee as pw
@@ -13,13 +15,13 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from modelregistry.v1 import checkpoint_pb2, model_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import convert, errors
+from . import convert, errors, validation
 from . import db as database
 from .errors import invalid
-from .store import CheckpointQuery, ModelQuery, RegistryStore
+from .store import CheckpointQuery, ModelQuery, RegistryStore, RequestKey
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,13 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# WatchEvents: how often a stream looks for events committed through other replicas (its own
+# server's commits wake it at once), and how many events it reads per query.
+WATCH_POLL_INTERVAL_S = 0.5
+WATCH_BATCH = 500
+MAX_WATCHED_MODELS = 100
 SORT_KEYS = {
     model_pb2.MODEL_SORT_BY_UNSPECIFIED: "name",
     model_pb2.MODEL_SORT_BY_NAME: "name",
@@ -65,26 +73,48 @@ def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
     context.set_trailing_metadata(status.trailing_metadata)
 
 
+def _refusal(db: pw.Database, rpc: str, error: Exception) -> errors.RegistryError:
+    """The registry error to answer with, for a refusal or a database failure."""
+    if isinstance(error, errors.RegistryError):
+        return error
+    log.warning("%s: database error: %s", rpc, error)
+    if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
+        database.discard_idle_connections(db)
+    return _database_error(error)
+
+
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs a handler on one pooled database connection and turns every refusal into a status with an
-    ErrorInfo detail. (abort_with_status would end the call UNKNOWN under grpcio-testing.)"""
+    """Runs a handler on one pooled database connection, with its writes attributed to the caller, and
+    turns every refusal into a status with an ErrorInfo detail. (abort_with_status would end the call
+    UNKNOWN under grpcio-testing.)"""
     response_type = getattr(pb, method.__name__ + "Response")
 
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            with self.store.db.connection_context():
+            with self.store.db.connection_context(), self.store.acting_as(self._owner(context)):
                 return method(self, request, context)
-        except errors.RegistryError as error:
-            _abort(context, error)
-        except pw.PeeweeException as error:
-            log.warning("%s: database error: %s", method.__name__, error)
-            if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
-                database.discard_idle_connections(self.store.db)
-            _abort(context, _database_error(error))
+        except (errors.RegistryError, pw.PeeweeException) as error:
+            _abort(context, _refusal(self.store.db, method.__name__, error))
         return response_type()
 
     return handler
+
+
+def _request_key(method: str, request: Any) -> RequestKey | None:
+    """The idempotency key of a create: its request_id, and a hash of everything else it asks for."""
+    if not request.request_id:
+        return None
+    rest = type(request)()
+    rest.CopyFrom(request)
+    rest.request_id = ""
+    fingerprint = hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()
+    return RequestKey(request.request_id, method, fingerprint)
+
+
+def _checkpoint_values(message: checkpoint_pb2.Checkpoint, field: str) -> dict[str, Any]:
+    _enum(message.state, checkpoint_pb2.CheckpointState.values(), f"{field}.state")
+    return convert.checkpoint_values(message)
 
 
 def _enum(value: int, allowed: Any, field: str) -> int:
@@ -115,8 +145,29 @@ def _changes(mask_paths: list[str], message: Any, fields: tuple[str, ...]) -> di
 class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     """ModelRegistryService over a RegistryStore."""
 
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(
+        self, store: RegistryStore, *, watch_poll_interval: float = WATCH_POLL_INTERVAL_S, max_watchers: int = 8
+    ) -> None:
         self.store = store
+        self.watch_poll_interval = watch_poll_interval
+        # Each stream holds a server thread for its lifetime: cap them so that unary calls keep some.
+        self._watchers = threading.BoundedSemaphore(max_watchers)
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._generation = 0  # bumped on every wake-up, so that none is missed between query and wait
+        store.on_events.append(self.wake_watchers)
+
+    def wake_watchers(self) -> None:
+        """Makes every waiting stream look for new events now."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def stop_watchers(self) -> None:
+        """Ends every WatchEvents stream (UNAVAILABLE, SERVER_STOPPING), so that a stopping server
+        does not wait out its grace period for streams that never finish."""
+        self._stopping.set()
+        self.wake_watchers()
 
     def _owner(self, context: grpc.ServicerContext) -> str:
         """The principal making the call; empty until the server authenticates callers."""
@@ -133,6 +184,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             list(request.labels),
             request.notes,
             owner=self._owner(context),
+            request=_request_key("CreateModel", request),
         )
         return pb.CreateModelResponse(model=convert.model(row))
 
@@ -210,6 +262,10 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             metadata=convert.from_struct(request.metadata),
             notes=request.notes,
             owner=self._owner(context),
+            checkpoint=_checkpoint_values(request.checkpoint, "checkpoint") if request.HasField("checkpoint") else None,
+            create_model_if_missing=request.create_model_if_missing,
+            aliases=list(request.aliases),
+            request=_request_key("CreateModelVersion", request),
         )
         return pb.CreateModelVersionResponse(model_version=convert.model_version(row))
 
@@ -217,7 +273,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.GetModelVersionResponse:
-        row = self.store.get_version(request.model_name, request.version)
+        row = self.store.get_version(request.model_name, request.version, request.alias)
         return pb.GetModelVersionResponse(model_version=convert.model_version(row))
 
     @_rpc
@@ -257,8 +313,9 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def CreateCheckpoint(
         self, request: pb.CreateCheckpointRequest, context: grpc.ServicerContext
     ) -> pb.CreateCheckpointResponse:
-        _enum(request.checkpoint.state, checkpoint_pb2.CheckpointState.values(), "checkpoint.state")
-        row = self.store.create_checkpoint(convert.checkpoint_values(request.checkpoint))
+        row = self.store.create_checkpoint(
+            _checkpoint_values(request.checkpoint, "checkpoint"), _request_key("CreateCheckpoint", request)
+        )
         return pb.CreateCheckpointResponse(checkpoint=convert.checkpoint(row))
 
     @_rpc
@@ -288,3 +345,74 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     ) -> pb.DeleteCheckpointResponse:
         self.store.delete_checkpoint(request.uuid)
         return pb.DeleteCheckpointResponse()
+
+    # Aliases
+
+    @_rpc
+    def SetModelAlias(self, request: pb.SetModelAliasRequest, context: grpc.ServicerContext) -> pb.SetModelAliasResponse:
+        row = self.store.set_alias(request.model_name, request.alias, request.version)
+        return pb.SetModelAliasResponse(model_version=convert.model_version(row))
+
+    @_rpc
+    def DeleteModelAlias(
+        self, request: pb.DeleteModelAliasRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteModelAliasResponse:
+        self.store.delete_alias(request.model_name, request.alias)
+        return pb.DeleteModelAliasResponse()
+
+    @_rpc
+    def ListAliasHistory(
+        self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
+    ) -> pb.ListAliasHistoryResponse:
+        page = self.store.list_alias_history(request.model_name, request.alias, request.page_size, request.page_token)
+        return pb.ListAliasHistoryResponse(
+            changes=[convert.alias_change(row) for row in page.rows],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    # Events
+
+    def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchEventsResponse]:
+        """Stored events after after_sequence, then new ones, until the client cancels or the server
+        stops. Reading `sequence > last sent` in order is gap-free because sequence numbers become
+        visible in commit order (store._append_events); commits through this server wake the stream
+        at once, those through other replicas are found by polling."""
+        kind_numbers = event_pb2.EventKind.values()[1:]
+        try:
+            kinds = [_enum(kind, kind_numbers, "kinds") for kind in request.kinds]
+            names = list(request.model_names)
+            if len(names) > MAX_WATCHED_MODELS:
+                raise invalid("TOO_MANY_MODELS", f"watch at most {MAX_WATCHED_MODELS} models", count=len(names))
+            for name in names:
+                validation.text(name, "model_names", validation.MAX_NAME_LENGTH)
+            if request.after_sequence < 0:
+                raise invalid("INVALID_SEQUENCE", "after_sequence must not be negative", after_sequence=request.after_sequence)
+            if not self._watchers.acquire(blocking=False):
+                raise errors.ResourceExhausted(
+                    "TOO_MANY_WATCHERS", "this server streams to as many watchers as it can; retry later"
+                )
+        except errors.RegistryError as error:
+            _abort(context, error)
+            return
+        try:
+            context.add_callback(self.wake_watchers)  # a cancelled stream stops waiting at once
+            after = request.after_sequence
+            while context.is_active() and not self._stopping.is_set():
+                generation = self._generation
+                with self.store.db.connection_context():
+                    rows, next_after = self.store.events_after(after, names, kinds, WATCH_BATCH)
+                for row in rows:
+                    yield pb.WatchEventsResponse(event=convert.event(row))
+                after = next_after
+                if len(rows) < WATCH_BATCH:
+                    with self._changed:
+                        self._changed.wait_for(lambda: self._generation != generation, self.watch_poll_interval)
+            if self._stopping.is_set():
+                _abort(context, errors.Unavailable("SERVER_STOPPING", "the server is stopping; resume the watch"))
+        except pw.PeeweeException as error:
+            _abort(context, _refusal(self.store.db, "WatchEvents", error))
+        finally:
+            self._watchers.release()

@@ -4,11 +4,13 @@ values and table rows, and raises the domain errors of `errors`."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
+import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import peewee as pw
 
@@ -17,12 +19,23 @@ from .db import is_sqlite
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
+    NotFound,
     checkpoint_not_found,
     invalid,
     model_not_found,
     version_not_found,
 )
-from .tables import Checkpoint, Model, ModelLabel, ModelVersion
+from .tables import (
+    AliasChange,
+    Checkpoint,
+    Event,
+    EventCounter,
+    Model,
+    ModelAlias,
+    ModelLabel,
+    ModelVersion,
+    RequestRecord,
+)
 
 # Checkpoint states, as numbered in checkpoint.proto (the store keeps the numbers, not the names).
 STATE_UNSPECIFIED, STATE_ACTIVE, STATE_COMPLETED = 0, 1, 2
@@ -37,6 +50,38 @@ MODEL_SORT_KEYS = {
 }
 MODEL_FIELDS = ("description", "metadata", "labels", "notes")
 VERSION_FIELDS = ("name", "comment", "labels", "metadata", "notes")
+# PostgreSQL channel notified (at commit) of every transaction that appended events.
+EVENTS_CHANNEL = "model_registry_events"
+# A request_id is remembered at least this long; purge_request_records forgets older ones.
+REQUEST_ID_RETENTION_S = 24 * 3600
+
+
+class EventKind(enum.IntEnum):
+    """Kinds of events, numbered as EventKind in event.proto."""
+
+    MODEL_CREATED = 1
+    MODEL_UPDATED = 2
+    MODEL_RENAMED = 3
+    MODEL_ARCHIVED = 4
+    MODEL_UNARCHIVED = 5
+    MODEL_DELETED = 6
+    MODEL_VERSION_CREATED = 7
+    MODEL_VERSION_UPDATED = 8
+    MODEL_VERSION_DELETED = 9
+    CHECKPOINT_CREATED = 10
+    CHECKPOINT_DELETED = 11
+    ALIAS_SET = 12
+    ALIAS_DELETED = 13
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """What makes a create idempotent: the caller's request_id, and a fingerprint of the rest of the
+    request (with the method), so that a reused request_id on a different request is told apart."""
+
+    request_id: str
+    method: str
+    fingerprint: str
 
 
 def now_us() -> int:
@@ -80,13 +125,153 @@ class RegistryStore:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self._sqlite = is_sqlite(db)
+        # Per thread: the principal of the call being served, and the events of the open write.
+        self._local = threading.local()
+        # Called after every commit that appended events (the server wakes its watchers early).
+        self.on_events: list[Callable[[], None]] = []
+
+    @contextlib.contextmanager
+    def acting_as(self, principal: str) -> Iterator[None]:
+        """Attributes the events written by this thread, until the block ends, to `principal`."""
+        previous = getattr(self._local, "principal", "")
+        self._local.principal = principal
+        try:
+            yield
+        finally:
+            self._local.principal = previous
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
-        """A write transaction. On SQLite it takes the write lock at BEGIN, so that two writers never
-        read the same state and then collide on upgrading their locks."""
-        with self.db.atomic(**({"lock_type": "IMMEDIATE"} if self._sqlite else {})):
-            yield
+        """A write transaction; the events recorded in it (`_event`) are appended just before it commits.
+        On SQLite it takes the write lock at BEGIN, so that two writers never read the same state and
+        then collide on upgrading their locks."""
+        assert getattr(self._local, "events", None) is None, "write transactions do not nest"
+        self._local.events = events = []
+        try:
+            with self.db.atomic(**({"lock_type": "IMMEDIATE"} if self._sqlite else {})):
+                yield
+                self._append_events(events)
+        finally:
+            self._local.events = None
+        if events:
+            for listener in self.on_events:
+                listener()
+
+    def _event(self, kind: EventKind, model_name: str = "", **fields: Any) -> None:
+        """Records an event of the open write transaction; it is stored with it or not at all."""
+        self._local.events.append({"kind": int(kind), "model_name": model_name, **fields})
+
+    def _append_events(self, events: list[dict[str, Any]]) -> None:
+        """Numbers and stores the events of a transaction, as its LAST statements before COMMIT.
+
+        Why a watcher that has read every event up to N never misses one numbered below a later one:
+        the numbers come from one counter row, bumped here by an UPDATE that locks the row until the
+        transaction ends. A second transaction reaching this point waits for the first to commit (or
+        roll back, which gives its numbers back) and then reads the committed counter (PostgreSQL's
+        READ COMMITTED re-reads a row it waited for). So numbers are taken in commit order, and since
+        the row lock is released only after the commit is visible, a reader that sees N+1 already sees
+        every number up to N: no gap, ever, in what a reader sees. SQLite serialises writers at BEGIN
+        IMMEDIATE, which gives the same order. The lock is held only from here to COMMIT, and always
+        taken last, so it cannot deadlock with the row locks taken before it."""
+        if not events:
+            return
+        query = (
+            EventCounter.update(last_sequence=EventCounter.last_sequence + len(events))
+            .where(EventCounter.id == 1)
+            .returning(EventCounter.last_sequence)
+        )
+        last = next(iter(query.execute())).last_sequence
+        now = now_us()
+        principal = getattr(self._local, "principal", "")
+        rows = [
+            {**event, "sequence": last - len(events) + i, "time": now, "principal": principal}
+            for i, event in enumerate(events, start=1)
+        ]
+        Event.insert_many(rows).execute()
+        if not self._sqlite:
+            # Delivered at COMMIT, to every replica LISTENing: their watchers need not wait for a poll.
+            self.db.execute_sql("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(last)))
+
+    def _principal(self) -> str:
+        return getattr(self._local, "principal", "")
+
+    # Idempotent creates -------------------------------------------------------------------------
+
+    def _recall(self, key: RequestKey | None, load: Callable[[int], Any]) -> Any | None:
+        """The result of an earlier call with key's request_id, or None; a different request under the
+        same id is refused."""
+        if key is None:
+            return None
+        record = RequestRecord.get_or_none(RequestRecord.request_id == key.request_id)
+        if record is None:
+            return None
+        if (record.method, record.fingerprint) != (key.method, key.fingerprint):
+            raise AlreadyExists(
+                "REQUEST_ID_REUSED",
+                f"request_id {key.request_id!r} was already used by a different {record.method} request",
+                request_id=key.request_id,
+                method=record.method,
+            )
+        return load(record.result_id)
+
+    def _create_once(
+        self,
+        key: RequestKey | None,
+        create: Callable[[], Any],
+        load: Callable[[int], Any],
+        conflict: Callable[[], Exception | None],
+    ) -> Any:
+        """Runs create() in a write transaction, once per request_id: a repeated request_id returns the
+        first call's result. A unique-index violation is `conflict()` (None: passed on), unless it was
+        a concurrent call with the same request_id that won the race."""
+        validation.request_id(key.request_id if key else "")
+        try:
+            with self._write():
+                found = self._recall(key, load)
+                if found is not None:
+                    return found
+                row = create()
+                if key is not None:
+                    RequestRecord.create(
+                        request_id=key.request_id,
+                        method=key.method,
+                        fingerprint=key.fingerprint,
+                        result_id=row.id,
+                        creation_time=now_us(),
+                    )
+                return row
+        except pw.IntegrityError:
+            found = self._recall(key, load)
+            if found is not None:
+                return found
+            error = conflict()
+            if error is None:
+                raise
+            raise error
+
+    def purge_request_records(self, retention_s: float = REQUEST_ID_RETENTION_S) -> int:
+        """Forgets request_ids older than `retention_s` (at least a day); returns how many."""
+        cutoff = now_us() - int(max(retention_s, REQUEST_ID_RETENTION_S) * 1_000_000)
+        return RequestRecord.delete().where(RequestRecord.creation_time < cutoff).execute()
+
+    # Events -------------------------------------------------------------------------------------
+
+    def events_after(
+        self, after: int, model_names: list[str] | None = None, kinds: list[int] | None = None, limit: int = 500
+    ) -> tuple[list[Event], int]:
+        """Up to `limit` events numbered after `after` that match the filters, in order, and the
+        sequence to resume after: the last event returned, or (when fewer than `limit` matched) the
+        highest number stored, so that unmatched events are not scanned again."""
+        # Read first: every number up to `high` is committed (see _append_events), so the filtered
+        # query below, a later statement, sees all of them.
+        high = Event.select(pw.fn.MAX(Event.sequence)).scalar() or 0
+        query = Event.select().where(Event.sequence > after, Event.sequence <= high)
+        if model_names:
+            query = query.where(Event.model_name.in_(model_names) | Event.new_model_name.in_(model_names))
+        if kinds:
+            query = query.where(Event.kind.in_(kinds))
+        rows = list(query.order_by(Event.sequence).limit(limit))
+        return rows, (rows[-1].sequence if len(rows) == limit else max(high, after))
 
     # Models -------------------------------------------------------------------------------------
 
@@ -98,6 +283,7 @@ class RegistryStore:
         labels: list[str] | None = None,
         notes: str = "",
         owner: str = "",
+        request: RequestKey | None = None,
     ) -> Model:
         values = {
             "name": validation.name(name),
@@ -107,14 +293,25 @@ class RegistryStore:
             "notes": validation.notes(notes),
             "owner": owner,
         }
+        return self._create_once(
+            request,
+            lambda: self._insert_model(values),
+            Model.get_by_id,
+            lambda: AlreadyExists("MODEL_ALREADY_EXISTS", f"model {name!r} already exists", model_name=name),
+        )
+
+    def _insert_model(self, values: dict[str, Any], *, if_missing: bool = False) -> Model | None:
+        """Inserts a model of validated values; with `if_missing`, None when the name is taken."""
         now = now_us()
-        try:
-            with self._write():
-                model = Model.create(creation_time=now, last_updated_time=now, **values)
-                self._set_label_rows(model.id, values["labels"])
-        except pw.IntegrityError:
-            raise AlreadyExists("MODEL_ALREADY_EXISTS", f"model {name!r} already exists", model_name=name)
-        return model
+        query = Model.insert(creation_time=now, last_updated_time=now, **values)
+        if if_missing:
+            query = query.on_conflict_ignore()
+        inserted = list(query.returning(Model).execute())
+        if not inserted:
+            return None
+        self._set_label_rows(inserted[0].id, values["labels"])
+        self._event(EventKind.MODEL_CREATED, values["name"])
+        return inserted[0]
 
     def get_model(self, name: str) -> Model:
         model = Model.get_or_none(Model.name == name)
@@ -184,12 +381,14 @@ class RegistryStore:
             model = self._lock_model(name, **values)
             if "labels" in values:
                 self._set_label_rows(model.id, values["labels"])
+            self._event(EventKind.MODEL_UPDATED, name)
         return model
 
     def rename_model(self, name: str, new_name: str) -> Model:
         validation.name(new_name, "new_name")
         try:
             with self._write():
+                self._event(EventKind.MODEL_RENAMED, name, new_model_name=new_name)
                 return self._lock_model(name, name=new_name)
         except pw.IntegrityError:
             raise AlreadyExists(
@@ -208,10 +407,12 @@ class RegistryStore:
                 metadata.pop(key, None)
             model.metadata = validation.json_object(metadata, "metadata")
             Model.update(metadata=model.metadata).where(Model.id == model.id).execute()
+            self._event(EventKind.MODEL_UPDATED, name)
         return model
 
     def set_archived(self, name: str, archived: bool) -> Model:
         with self._write():
+            self._event(EventKind.MODEL_ARCHIVED if archived else EventKind.MODEL_UNARCHIVED, name)
             return self._lock_model(name, editable=False, archived=archived)
 
     def delete_model(self, name: str) -> None:
@@ -219,6 +420,7 @@ class RegistryStore:
         with self._write():
             if not Model.delete().where(Model.name == name).execute():
                 raise model_not_found(name)
+            self._event(EventKind.MODEL_DELETED, name)
 
     def list_model_labels(self) -> list[str]:
         uses = pw.fn.COUNT(ModelLabel.id)
@@ -230,21 +432,40 @@ class RegistryStore:
     def create_version(
         self,
         model_name: str,
-        checkpoint_uuid: str,
+        checkpoint_uuid: str = "",
         name: str = "",
         comment: str = "",
         labels: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         notes: str = "",
         owner: str = "",
+        *,
+        checkpoint: dict[str, Any] | None = None,
+        create_model_if_missing: bool = False,
+        aliases: list[str] | None = None,
+        request: RequestKey | None = None,
     ) -> ModelVersion:
+        """Registers a checkpoint as the model's next version. With `checkpoint` (Checkpoint fields, in
+        place of `checkpoint_uuid`) the checkpoint is recorded, with `create_model_if_missing` the model
+        is created, and `aliases` are pointed at the new version: all in one transaction."""
         values = self._validated_changes(
             {"name": name, "comment": comment, "labels": labels or [], "metadata": metadata or {}, "notes": notes},
             VERSION_FIELDS,
         )
-        checkpoint_uuid = _checkpoint_uuid(checkpoint_uuid)
-        now = now_us()
-        with self._write():
+        if (checkpoint is None) == (not checkpoint_uuid):
+            raise invalid("CHECKPOINT_REQUIRED", "give exactly one of checkpoint_uuid and checkpoint")
+        checkpoint_values = self._checkpoint_values(checkpoint) if checkpoint is not None else None
+        if checkpoint_values is None:
+            checkpoint_uuid = _checkpoint_uuid(checkpoint_uuid)
+        aliases = [validation.alias(alias) for alias in dict.fromkeys(aliases or [])]
+        new_model = None
+        if create_model_if_missing:
+            new_model = {"name": validation.name(model_name, "model_name"), "labels": [], "owner": owner}
+
+        def create() -> ModelVersion:
+            if new_model is not None:
+                self._insert_model(new_model, if_missing=True)
+            now = now_us()
             # The counter is bumped by the UPDATE that locks the row: two registrations cannot read
             # the same number, and a number is never handed out twice, even after deletes.
             model = self._lock_model(
@@ -254,40 +475,81 @@ class RegistryStore:
                 num_versions=Model.num_versions + 1,
                 last_updated_time=now,
             )
-            checkpoint = Checkpoint.get_or_none(Checkpoint.uuid == checkpoint_uuid)
-            if checkpoint is None:
-                raise checkpoint_not_found(checkpoint_uuid)
-            if checkpoint.state != STATE_COMPLETED:
+            if checkpoint_values is not None:
+                checkpoint_row = self._insert_checkpoint(checkpoint_values)
+            else:
+                checkpoint_row = Checkpoint.get_or_none(Checkpoint.uuid == checkpoint_uuid)
+                if checkpoint_row is None:
+                    raise checkpoint_not_found(checkpoint_uuid)
+            if checkpoint_row.state != STATE_COMPLETED:
                 raise FailedPrecondition(
                     "CHECKPOINT_NOT_COMPLETED",
-                    f"checkpoint {checkpoint_uuid!r} is not COMPLETED",
-                    checkpoint_uuid=checkpoint_uuid,
+                    f"checkpoint {checkpoint_row.uuid!r} is not COMPLETED",
+                    checkpoint_uuid=checkpoint_row.uuid,
                 )
             version = ModelVersion.create(
                 model=model,
                 version=model.last_assigned_version,
-                checkpoint=checkpoint,
+                checkpoint=checkpoint_row,
                 owner=owner,
                 creation_time=now,
                 last_updated_time=now,
                 **values,
             )
-        return version
+            self._event(
+                EventKind.MODEL_VERSION_CREATED, model.name, version=version.version, checkpoint_uuid=checkpoint_row.uuid
+            )
+            for alias in aliases:
+                self._point_alias(model, alias, version.version)
+            version.aliases = sorted(aliases)
+            return version
+
+        def conflict() -> Exception | None:
+            return _checkpoint_exists(checkpoint_values["uuid"]) if checkpoint_values is not None else None
+
+        return self._create_once(request, create, self._version_by_id, conflict)
 
     def _versions(self) -> pw.ModelSelect:
-        return ModelVersion.select(ModelVersion, Model.name, Checkpoint).join(Model).switch(ModelVersion).join(Checkpoint)
+        return ModelVersion.select(ModelVersion, Model.id, Model.name, Checkpoint).join(Model).switch(ModelVersion).join(Checkpoint)
 
-    def get_version(self, model_name: str, version: int = 0) -> ModelVersion:
-        """One version; version 0 is the latest (highest live number)."""
+    def _with_aliases(self, rows: list[ModelVersion]) -> list[ModelVersion]:
+        """Sets `aliases` on version rows (of _versions): the names of the aliases pointing at each."""
+        pointing: dict[tuple[int, int], list[str]] = {}
+        if rows:
+            query = ModelAlias.select().where(
+                ModelAlias.model.in_({row.model.id for row in rows}),
+                ModelAlias.version.in_({row.version for row in rows}),
+            )
+            for alias in query.order_by(ModelAlias.alias):
+                pointing.setdefault((alias.model_id, alias.version), []).append(alias.alias)
+        for row in rows:
+            row.aliases = pointing.get((row.model.id, row.version), [])
+        return rows
+
+    def _version_by_id(self, row_id: int) -> ModelVersion:
+        row = self._versions().where(ModelVersion.id == row_id).first()
+        if row is None:
+            raise NotFound("REQUEST_RESULT_DELETED", "the model version this request created has been deleted since")
+        return self._with_aliases([row])[0]
+
+    def get_version(self, model_name: str, version: int = 0, alias: str = "") -> ModelVersion:
+        """One version, by number or by alias; version 0 without alias is the latest (highest live)."""
         validation.version(version, allow_latest=True)
         query = self._versions().where(Model.name == model_name)
-        if version:
+        if alias:
+            if version:
+                raise invalid("ALIAS_AND_VERSION", "give a version or an alias, not both", version=version, alias=alias)
+            query = query.join(
+                ModelAlias,
+                on=(ModelAlias.model == ModelVersion.model) & (ModelAlias.version == ModelVersion.version),
+            ).where(ModelAlias.alias == validation.alias(alias))
+        elif version:
             query = query.where(ModelVersion.version == version)
         row = query.order_by(ModelVersion.version.desc()).first()
         if row is None:
             self.get_model(model_name)  # MODEL_NOT_FOUND rather than MODEL_VERSION_NOT_FOUND
-            raise version_not_found(model_name, version)
-        return row
+            raise _alias_not_found(model_name, alias) if alias else version_not_found(model_name, version)
+        return self._with_aliases([row])[0]
 
     def list_versions(
         self, model_name: str, page_size: int = 0, page_token: str = "", descending: bool = True
@@ -305,7 +567,7 @@ class RegistryStore:
         if len(rows) > size:
             rows = rows[:size]
             token = paging.encode(fingerprint, [rows[-1].version])
-        return paging.Page(rows, token, model.num_versions)
+        return paging.Page(self._with_aliases(rows), token, model.num_versions)
 
     def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
         """Replaces the given fields (of VERSION_FIELDS)."""
@@ -321,12 +583,26 @@ class RegistryStore:
             )
             if not updated:
                 raise version_not_found(model_name, version)
+            self._event(EventKind.MODEL_VERSION_UPDATED, model_name, version=version)
         return self.get_version(model_name, version)
 
     def delete_version(self, model_name: str, version: int) -> None:
         validation.version(version)
         with self._write():
             model = self._lock_model(model_name)
+            # Aliases are moved under the same model row lock, so none can start pointing here now.
+            pointing = [a for (a,) in ModelAlias.select(ModelAlias.alias).where(
+                ModelAlias.model == model.id, ModelAlias.version == version
+            ).order_by(ModelAlias.alias).tuples()]
+            if pointing:
+                raise FailedPrecondition(
+                    "VERSION_HAS_ALIASES",
+                    f"version {version} of {model_name!r} is what {', '.join(pointing)} point(s) at; "
+                    "move or delete those aliases first",
+                    model_name=model_name,
+                    version=version,
+                    aliases=",".join(pointing),
+                )
             deleted = (
                 ModelVersion.delete()
                 .where(ModelVersion.model == model.id, ModelVersion.version == version)
@@ -342,11 +618,89 @@ class RegistryStore:
             Model.update(num_versions=Model.num_versions - 1, latest_version=latest or 0).where(
                 Model.id == model.id
             ).execute()
+            self._event(EventKind.MODEL_VERSION_DELETED, model_name, version=version)
+
+    # Aliases ------------------------------------------------------------------------------------
+
+    def set_alias(self, model_name: str, alias: str, version: int) -> ModelVersion:
+        """Points `alias` at an existing version: one atomic step under the model's row lock, so that
+        concurrent moves are serialised and each history entry starts where the previous one ended."""
+        alias = validation.alias(alias)
+        validation.version(version)
+        with self._write():
+            model = self._lock_model(model_name)
+            if not ModelVersion.select().where(ModelVersion.model == model.id, ModelVersion.version == version).exists():
+                raise version_not_found(model_name, version)
+            self._point_alias(model, alias, version)
+        return self.get_version(model_name, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        alias = validation.alias(alias)
+        with self._write():
+            model = self._lock_model(model_name)
+            current = ModelAlias.get_or_none(ModelAlias.model == model.id, ModelAlias.alias == alias)
+            if current is None:
+                raise _alias_not_found(model_name, alias)
+            current.delete_instance()
+            self._alias_moved(model, alias, current.version, 0)
+
+    def _point_alias(self, model: Model, alias: str, version: int) -> None:
+        """Within a write that holds the model's row lock: creates or moves the alias."""
+        current = ModelAlias.get_or_none(ModelAlias.model == model.id, ModelAlias.alias == alias)
+        if current is not None and current.version == version:
+            return
+        if current is None:
+            ModelAlias.create(model=model.id, alias=alias, version=version)
+        else:
+            ModelAlias.update(version=version).where(ModelAlias.id == current.id).execute()
+        self._alias_moved(model, alias, current.version if current else 0, version)
+
+    def _alias_moved(self, model: Model, alias: str, previous: int, version: int) -> None:
+        """Records a move (version 0: a removal) in the alias's history and in the event log."""
+        AliasChange.create(
+            model=model.id, alias=alias, previous_version=previous, version=version, time=now_us(), principal=self._principal()
+        )
+        kind = EventKind.ALIAS_SET if version else EventKind.ALIAS_DELETED
+        self._event(kind, model.name, alias=alias, version=version, previous_version=previous)
+
+    def list_alias_history(
+        self, model_name: str, alias: str = "", page_size: int = 0, page_token: str = ""
+    ) -> paging.Page[AliasChange]:
+        """Moves of the model's aliases (or of one), oldest first."""
+        size = validation.page_size(page_size)
+        fingerprint = ["alias_history", model_name, alias]
+        after = paging.decode(page_token, fingerprint, [int])
+        model = self.get_model(model_name)
+        filters = [AliasChange.model == model.id]
+        if alias:
+            filters.append(AliasChange.alias == validation.alias(alias))
+        query = AliasChange.select().where(*filters)
+        if after is not None:
+            query = query.where(AliasChange.id > after[0])
+        rows = list(query.order_by(AliasChange.id).limit(size + 1))
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = paging.encode(fingerprint, [rows[-1].id])
+        for row in rows:
+            row.model_name = model.name
+        return paging.Page(rows, token, AliasChange.select().where(*filters).count())
 
     # Checkpoints --------------------------------------------------------------------------------
 
-    def create_checkpoint(self, values: dict[str, Any]) -> Checkpoint:
+    def create_checkpoint(self, values: dict[str, Any], request: RequestKey | None = None) -> Checkpoint:
         """Records a checkpoint from a dict of Checkpoint fields; uuid and state get their defaults."""
+        values = self._checkpoint_values(values)
+        return self._create_once(
+            request,
+            lambda: self._insert_checkpoint(values),
+            Checkpoint.get_by_id,
+            lambda: _checkpoint_exists(values["uuid"]),
+        )
+
+    @staticmethod
+    def _checkpoint_values(values: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoint fields, checked against their limits, with the defaults of uuid and state."""
         values = dict(values)
         values["uuid"] = _checkpoint_uuid(values.get("uuid") or str(uuidlib.uuid4()))
         state = values.get("state") or STATE_COMPLETED
@@ -360,18 +714,13 @@ class RegistryStore:
         for key in ("framework", "format", "storage_uri"):
             validation.text(values.get(key, ""), key)
         validation.resources(values.get("resources") or {})
+        return values
+
+    def _insert_checkpoint(self, values: dict[str, Any]) -> Checkpoint:
         now = now_us()
-        values.setdefault("report_time", None)
-        values["report_time"] = values["report_time"] or now
-        try:
-            with self._write():
-                return Checkpoint.create(creation_time=now, **values)
-        except pw.IntegrityError:
-            raise AlreadyExists(
-                "CHECKPOINT_ALREADY_EXISTS",
-                f"checkpoint {values['uuid']!r} already exists",
-                checkpoint_uuid=values["uuid"],
-            )
+        checkpoint = Checkpoint.create(creation_time=now, **{**values, "report_time": values.get("report_time") or now})
+        self._event(EventKind.CHECKPOINT_CREATED, checkpoint_uuid=checkpoint.uuid)
+        return checkpoint
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
         uuid = _checkpoint_uuid(uuid)
@@ -457,6 +806,7 @@ class RegistryStore:
                 if user is not None:
                     raise _checkpoint_in_use(uuid, user.model.name, user.version)
                 checkpoint.delete_instance()
+                self._event(EventKind.CHECKPOINT_DELETED, checkpoint_uuid=uuid)
         except pw.IntegrityError:
             # A version registered it between our check and the delete (PostgreSQL's RESTRICT).
             raise _checkpoint_in_use(uuid, "", 0)
@@ -501,3 +851,11 @@ def _checkpoint_in_use(uuid: str, model_name: str, version: int) -> FailedPrecon
         model_name=model_name,
         version=version,
     )
+
+
+def _checkpoint_exists(uuid: str) -> AlreadyExists:
+    return AlreadyExists("CHECKPOINT_ALREADY_EXISTS", f"checkpoint {uuid!r} already exists", checkpoint_uuid=uuid)
+
+
+def _alias_not_found(model_name: str, alias: str) -> NotFound:
+    return NotFound("ALIAS_NOT_FOUND", f"model {model_name!r} has no alias {alias!r}", model_name=model_name, alias=alias)

@@ -93,4 +93,72 @@ class ModelVersion(Table):
         indexes = ((("model", "version"), True),)
 
 
-ALL_TABLES = [Model, ModelLabel, Checkpoint, ModelVersion]
+class ModelAlias(Table):
+    """Where each alias of a model points now: one row per (model, alias), moved by one UPDATE."""
+
+    model = pw.ForeignKeyField(Model, on_delete="CASCADE", backref="aliases")
+    alias = pw.CharField(max_length=128)
+    version = pw.IntegerField()
+
+    class Meta:
+        table_name = "model_alias"
+        indexes = ((("model", "alias"), True), (("model", "version"), False))
+
+
+class AliasChange(Table):
+    """Every move of an alias, oldest first by id; it follows its model through renames."""
+
+    model = pw.ForeignKeyField(Model, on_delete="CASCADE")
+    alias = pw.CharField(max_length=128)
+    previous_version = pw.IntegerField()  # 0: the alias was newly set
+    version = pw.IntegerField()  # 0: the alias was deleted
+    time = pw.BigIntegerField()
+    principal = pw.CharField(max_length=256, default="")
+
+    class Meta:
+        table_name = "alias_change"
+        indexes = ((("model", "alias", "id"), False),)
+
+
+class Event(Table):
+    """The registry's event log. `sequence` is taken from EventCounter at the end of the writing
+    transaction (see RegistryStore._write), so numbers become visible in order."""
+
+    sequence = pw.BigIntegerField(primary_key=True)
+    time = pw.BigIntegerField()
+    principal = pw.CharField(max_length=256, default="")
+    kind = pw.SmallIntegerField()
+    model_name = pw.CharField(max_length=256, default="")
+    version = pw.IntegerField(default=0)
+    alias = pw.CharField(max_length=128, default="")
+    previous_version = pw.IntegerField(default=0)
+    checkpoint_uuid = pw.CharField(max_length=36, default="")
+    new_model_name = pw.CharField(max_length=256, default="")
+
+    class Meta:
+        table_name = "event"
+
+
+class EventCounter(Table):
+    """One row: the last event sequence number handed out."""
+
+    last_sequence = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "event_counter"
+
+
+class RequestRecord(Table):
+    """A create that carried a request_id, so that a retry returns its result instead of creating again."""
+
+    request_id = pw.CharField(max_length=128, unique=True)
+    method = pw.CharField(max_length=64)
+    fingerprint = pw.CharField(max_length=64)  # hash of the request, request_id left out
+    result_id = pw.BigIntegerField()  # id of the created row (model, model version or checkpoint)
+    creation_time = pw.BigIntegerField(index=True)
+
+    class Meta:
+        table_name = "request_record"
+
+
+ALL_TABLES = [Model, ModelLabel, Checkpoint, ModelVersion, ModelAlias, AliasChange, Event, EventCounter, RequestRecord]

@@ -21,6 +21,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ALIAS_LENGTH = 128
+MAX_REQUEST_ID_LENGTH = 128
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def name(value: str, field: str = "name") -> str:
@@ -140,4 +143,28 @@ def page_size(value: int) -> int:
 def version(value: int, *, allow_latest: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_latest):
         raise invalid("INVALID_VERSION", "version must be a positive number", version=value)
+    return value
+
+
+def alias(value: str) -> str:
+    """Aliases: 1 to 128 letters, digits, ".", "_" or "-", starting with a letter or digit, and not all
+    digits, so that an alias never reads as a version number."""
+    if not (0 < len(value) <= MAX_ALIAS_LENGTH and _ALIAS.fullmatch(value)) or value.isdigit():
+        raise invalid(
+            "INVALID_ALIAS",
+            f"an alias is 1 to {MAX_ALIAS_LENGTH} letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit, and not all digits",
+            alias=value[:MAX_ALIAS_LENGTH],
+        )
+    return value
+
+
+def request_id(value: str) -> str:
+    """Empty (no idempotency), or 1 to 128 printable characters."""
+    if len(value) > MAX_REQUEST_ID_LENGTH or _CONTROL.search(value) or value != value.strip():
+        raise invalid(
+            "INVALID_REQUEST_ID",
+            f"request_id is at most {MAX_REQUEST_ID_LENGTH} printable characters, e.g. a UUID",
+            request_id=value[:MAX_REQUEST_ID_LENGTH],
+        )
     return value

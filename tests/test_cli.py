@@ -252,3 +252,36 @@ def test_export_then_import_into_an_empty_registry(tmp_path, capsys: pytest.Capt
     assert main(["import", str(dump), "--database-url", target]) == 1
     assert "REGISTRY_NOT_EMPTY" in capsys.readouterr().err
     assert main(["import", str(tmp_path / "absent.json"), "--database-url", target]) == 1
+
+
+def test_model_alias_set_history_delete_and_register_with_alias(cli, cli_json) -> None:
+    cli_json("model", "create", "mnist")
+    uuid = _new_checkpoint(cli_json)
+    assert cli_json("model", "register", "mnist", uuid, "--alias", "production")["aliases"] == ["production"]
+    cli_json("model", "register", "mnist", uuid)
+    moved = cli_json("model", "alias", "set", "mnist", "production", "2")
+    assert (moved["version"], moved["aliases"]) == (2, ["production"])
+    history = cli_json("model", "alias", "history", "mnist", "--alias", "production")
+    assert [(c["previous_version"], c["version"]) for c in history] == [(0, 1), (1, 2)]
+    status, out, _ = cli("model", "alias", "history", "mnist")
+    assert status == 0 and out.splitlines()[0].split() == ["Time", "Alias", "From", "To", "Principal"]
+    assert cli_json("model", "alias", "delete", "mnist", "production") == {}
+    status, _, err = cli("model", "alias", "set", "mnist", "123", "1")
+    assert status == 1 and "INVALID_ALIAS" in err
+
+
+def test_watch_prints_events_as_json_lines(cli, cli_json) -> None:
+    cli_json("model", "create", "a")
+    cli_json("model", "create", "b")
+    uuid = _new_checkpoint(cli_json)
+    cli_json("model", "register", "b", uuid, "--alias", "production")
+    status, out, err = cli("watch", "--model", "b", "--kind", "alias_set", "--limit", "1", "--json")
+    assert (status, err) == (0, "")
+    event = json.loads(out)
+    assert (event["sequence"], event["kind"], event["model_name"], event["version"], event["alias"]) == (
+        5, "ALIAS_SET", "b", 1, "production"
+    )
+    status, out, _ = cli("watch", "--after", "1", "--limit", "2")
+    assert status == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert [(row[0], row[2], row[3:4]) for row in rows] == [("2", "MODEL_CREATED", ["b"]), ("3", "CHECKPOINT_CREATED", [uuid])]

@@ -171,6 +171,7 @@ class ModelVersion(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     CREATION_TIME_FIELD_NUMBER: _builtins.int
     LAST_UPDATED_TIME_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name of the model this is a version of."""
     version: _builtins.int
@@ -205,6 +206,10 @@ class ModelVersion(_message.Message):
     def last_updated_time(self) -> _timestamp_pb2.Timestamp:
         """When the version last changed."""
 
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Aliases that point at this version (e.g. "production"), by name."""
+
     def __init__(
         self,
         *,
@@ -219,11 +224,56 @@ class ModelVersion(_message.Message):
         owner: _builtins.str = ...,
         creation_time: _timestamp_pb2.Timestamp | None = ...,
         last_updated_time: _timestamp_pb2.Timestamp | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "creation_time", b"creation_time", "last_updated_time", b"last_updated_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "comment", b"comment", "creation_time", b"creation_time", "labels", b"labels", "last_updated_time", b"last_updated_time", "metadata", b"metadata", "model_name", b"model_name", "name", b"name", "notes", b"notes", "owner", b"owner", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "checkpoint", b"checkpoint", "comment", b"comment", "creation_time", b"creation_time", "labels", b"labels", "last_updated_time", b"last_updated_time", "metadata", b"metadata", "model_name", b"model_name", "name", b"name", "notes", b"notes", "owner", b"owner", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class AliasChange(_message.Message):
+    """AliasChange is one move of an alias, as ListAliasHistory returns it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Name of the model."""
+    alias: _builtins.str
+    """The alias."""
+    previous_version: _builtins.int
+    """Version the alias pointed at before; 0 when it was newly set."""
+    version: _builtins.int
+    """Version the alias points at after the change; 0 when it was deleted."""
+    principal: _builtins.str
+    """Principal that made the change."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        previous_version: _builtins.int = ...,
+        version: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name", "previous_version", b"previous_version", "principal", b"principal", "time", b"time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasChange: _TypeAlias = AliasChange  # noqa: Y015

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from modelregistry.v1 import checkpoint_pb2 as _checkpoint_pb2
+from modelregistry.v1 import event_pb2 as _event_pb2
 from modelregistry.v1 import model_pb2 as _model_pb2
 import builtins as _builtins
 import sys
@@ -33,12 +34,18 @@ class CreateModelRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name of the model."""
     description: _builtins.str
     """Free-form description."""
     notes: _builtins.str
     """Free-form notes."""
+    request_id: _builtins.str
+    """Optional client-chosen id (1 to 128 printable characters, e.g. a UUID) that makes the call safe to
+    retry: the same request_id with the same request returns the model created by the first call;
+    with a different request it is ALREADY_EXISTS (REQUEST_ID_REUSED). Kept for at least 24 hours.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """User-defined JSON metadata."""
@@ -55,10 +62,11 @@ class CreateModelRequest(_message.Message):
         metadata: _struct_pb2.Struct | None = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         notes: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "labels", b"labels", "metadata", b"metadata", "name", b"name", "notes", b"notes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "labels", b"labels", "metadata", b"metadata", "name", b"name", "notes", b"notes", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,16 +583,26 @@ class CreateModelVersionRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CREATE_MODEL_IF_MISSING_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name of the model."""
     checkpoint_uuid: _builtins.str
-    """Uuid of a COMPLETED checkpoint."""
+    """Uuid of a COMPLETED checkpoint; leave empty when giving checkpoint instead."""
     name: _builtins.str
     """Optional human-readable name of the version."""
     comment: _builtins.str
     """Optional comment."""
     notes: _builtins.str
     """Free-form notes."""
+    request_id: _builtins.str
+    """Optional id that makes the call safe to retry, as in CreateModelRequest.request_id."""
+    create_model_if_missing: _builtins.bool
+    """Create the model (named model_name, with no description) in the same transaction when it does
+    not exist yet.
+    """
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Labels; duplicates are dropped, order is kept."""
@@ -592,6 +610,16 @@ class CreateModelVersionRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """User-defined JSON metadata."""
+
+    @_builtins.property
+    def checkpoint(self) -> _checkpoint_pb2.Checkpoint:
+        """A checkpoint to record and register in the same transaction, instead of checkpoint_uuid (exactly
+        one of the two is given). Its uuid is generated when empty and its state is COMPLETED when unset.
+        """
+
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Aliases to point at the new version in the same transaction, e.g. ["production"]."""
 
     def __init__(
         self,
@@ -603,10 +631,14 @@ class CreateModelVersionRequest(_message.Message):
         labels: _abc.Iterable[_builtins.str] | None = ...,
         metadata: _struct_pb2.Struct | None = ...,
         notes: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        checkpoint: _checkpoint_pb2.Checkpoint | None = ...,
+        create_model_if_missing: _builtins.bool = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_uuid", b"checkpoint_uuid", "comment", b"comment", "labels", b"labels", "metadata", b"metadata", "model_name", b"model_name", "name", b"name", "notes", b"notes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "checkpoint", b"checkpoint", "checkpoint_uuid", b"checkpoint_uuid", "comment", b"comment", "create_model_if_missing", b"create_model_if_missing", "labels", b"labels", "metadata", b"metadata", "model_name", b"model_name", "name", b"name", "notes", b"notes", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,19 +676,23 @@ class GetModelVersionRequest(_message.Message):
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name of the model."""
     version: _builtins.int
-    """Version number; 0 (or absent) for the latest (highest live) version."""
+    """Version number; 0 (or absent) for the latest (highest live) version, or the one alias names."""
+    alias: _builtins.str
+    """Alias naming the version, instead of version (giving both is INVALID_ARGUMENT)."""
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
         version: _builtins.int = ...,
+        alias: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -864,6 +900,9 @@ class CreateCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional id that makes the call safe to retry, as in CreateModelRequest.request_id."""
     @_builtins.property
     def checkpoint(self) -> _checkpoint_pb2.Checkpoint:
         """The checkpoint; uuid is generated when empty, state is COMPLETED when unset."""
@@ -872,10 +911,11 @@ class CreateCheckpointRequest(_message.Message):
         self,
         *,
         checkpoint: _checkpoint_pb2.Checkpoint | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1072,3 +1112,230 @@ class DeleteCheckpointResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteCheckpointResponse: _TypeAlias = DeleteCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class SetModelAliasRequest(_message.Message):
+    """SetModelAliasRequest points an alias at a version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Name of the model."""
+    alias: _builtins.str
+    """The alias: 1 to 128 letters, digits, ".", "_" or "-", starting with a letter or digit, not all
+    digits (so that it never reads as a version number).
+    """
+    version: _builtins.int
+    """Version the alias is to point at; it must exist."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelAliasRequest: _TypeAlias = SetModelAliasRequest  # noqa: Y015
+
+@_typing.final
+class SetModelAliasResponse(_message.Message):
+    """SetModelAliasResponse carries the version the alias now points at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_version(self) -> _model_pb2.ModelVersion:
+        """The version, with its aliases."""
+
+    def __init__(
+        self,
+        *,
+        model_version: _model_pb2.ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelAliasResponse: _TypeAlias = SetModelAliasResponse  # noqa: Y015
+
+@_typing.final
+class DeleteModelAliasRequest(_message.Message):
+    """DeleteModelAliasRequest names the alias to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Name of the model."""
+    alias: _builtins.str
+    """The alias."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelAliasRequest: _TypeAlias = DeleteModelAliasRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelAliasResponse(_message.Message):
+    """DeleteModelAliasResponse is empty: the alias is gone (its history stays)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelAliasResponse: _TypeAlias = DeleteModelAliasResponse  # noqa: Y015
+
+@_typing.final
+class ListAliasHistoryRequest(_message.Message):
+    """ListAliasHistoryRequest pages the alias moves of one model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Name of the model."""
+    alias: _builtins.str
+    """Only the moves of this alias; every alias of the model when empty."""
+    page_size: _builtins.int
+    """Changes per page: 50 when 0, at most 1000 (larger values are lowered), never negative."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, with the same filters; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "model_name", b"model_name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAliasHistoryRequest: _TypeAlias = ListAliasHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListAliasHistoryResponse(_message.Message):
+    """ListAliasHistoryResponse is one page of alias moves, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    total_size: _builtins.int
+    """Number of changes that match the filters, over all pages."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.AliasChange]:
+        """The changes of this page."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_model_pb2.AliasChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAliasHistoryResponse: _TypeAlias = ListAliasHistoryResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    """WatchEventsRequest selects the events to stream. Filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAMES_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Stream the events numbered after this one: 0 replays the whole stored history; the sequence of
+    the last event received resumes a stream without gap or duplicate.
+    """
+    @_builtins.property
+    def model_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these models (by name at the time of the event; a rename matches its old and new
+        name); every event, checkpoint events included, when empty.
+        """
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_event_pb2.EventKind.ValueType]:
+        """Only events of these kinds; every kind when empty."""
+
+    def __init__(
+        self,
+        *,
+        model_names: _abc.Iterable[_builtins.str] | None = ...,
+        kinds: _abc.Iterable[_event_pb2.EventKind.ValueType] | None = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "kinds", b"kinds", "model_names", b"model_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    """WatchEventsResponse carries one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: _event_pb2.Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015

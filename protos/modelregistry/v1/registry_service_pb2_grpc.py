@@ -132,6 +132,26 @@ class ModelRegistryServiceStub:
                 request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteCheckpointRequest.SerializeToString,
                 response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteCheckpointResponse.FromString,
                 _registered_method=True)
+        self.SetModelAlias = channel.unary_unary(
+                '/modelregistry.v1.ModelRegistryService/SetModelAlias',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.SetModelAliasRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.SetModelAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteModelAlias = channel.unary_unary(
+                '/modelregistry.v1.ModelRegistryService/DeleteModelAlias',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteModelAliasRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteModelAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliasHistory = channel.unary_unary(
+                '/modelregistry.v1.ModelRegistryService/ListAliasHistory',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.ListAliasHistoryRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.ListAliasHistoryResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/modelregistry.v1.ModelRegistryService/WatchEvents',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -275,6 +295,38 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelAlias(self, request, context):
+        """Points an alias (e.g. "production") at a version of a model, creating or moving it in one atomic
+        step that is recorded in the alias's history. Setting it where it already points changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelAlias(self, request, context):
+        """Removes an alias. NOT_FOUND (ALIAS_NOT_FOUND) when the model has no such alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliasHistory(self, request, context):
+        """Lists every move of a model's aliases (or of one alias), oldest first, with time and principal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Streams the registry's events: first those stored after after_sequence, then new ones as they are
+        committed (through any replica on the same database), in sequence order with no gap and no
+        duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
+        sequence received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -372,6 +424,26 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteCheckpoint,
                     request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteCheckpointRequest.FromString,
                     response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteCheckpointResponse.SerializeToString,
+            ),
+            'SetModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelAlias,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.SetModelAliasRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.SetModelAliasResponse.SerializeToString,
+            ),
+            'DeleteModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelAlias,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteModelAliasRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DeleteModelAliasResponse.SerializeToString,
+            ),
+            'ListAliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliasHistory,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.ListAliasHistoryRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.ListAliasHistoryResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -890,6 +962,114 @@ class ModelRegistryService:
             '/modelregistry.v1.ModelRegistryService/DeleteCheckpoint',
             modelregistry_dot_v1_dot_registry__service__pb2.DeleteCheckpointRequest.SerializeToString,
             modelregistry_dot_v1_dot_registry__service__pb2.DeleteCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelregistry.v1.ModelRegistryService/SetModelAlias',
+            modelregistry_dot_v1_dot_registry__service__pb2.SetModelAliasRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.SetModelAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelregistry.v1.ModelRegistryService/DeleteModelAlias',
+            modelregistry_dot_v1_dot_registry__service__pb2.DeleteModelAliasRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.DeleteModelAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelregistry.v1.ModelRegistryService/ListAliasHistory',
+            modelregistry_dot_v1_dot_registry__service__pb2.ListAliasHistoryRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.ListAliasHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modelregistry.v1.ModelRegistryService/WatchEvents',
+            modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,20 @@ class ModelRegistryServiceStub:
     """Lists checkpoints, filtered by experiment and trial, optionally best first by one metric."""
     DeleteCheckpoint: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteCheckpointRequest, _registry_service_pb2.DeleteCheckpointResponse]
     """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it."""
+    SetModelAlias: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SetModelAliasRequest, _registry_service_pb2.SetModelAliasResponse]
+    """Points an alias (e.g. "production") at a version of a model, creating or moving it in one atomic
+    step that is recorded in the alias's history. Setting it where it already points changes nothing.
+    """
+    DeleteModelAlias: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteModelAliasRequest, _registry_service_pb2.DeleteModelAliasResponse]
+    """Removes an alias. NOT_FOUND (ALIAS_NOT_FOUND) when the model has no such alias."""
+    ListAliasHistory: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListAliasHistoryRequest, _registry_service_pb2.ListAliasHistoryResponse]
+    """Lists every move of a model's aliases (or of one alias), oldest first, with time and principal."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.WatchEventsRequest, _registry_service_pb2.WatchEventsResponse]
+    """Streams the registry's events: first those stored after after_sequence, then new ones as they are
+    committed (through any replica on the same database), in sequence order with no gap and no
+    duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
+    sequence received.
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -129,6 +143,20 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     """Lists checkpoints, filtered by experiment and trial, optionally best first by one metric."""
     DeleteCheckpoint: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteCheckpointRequest, _registry_service_pb2.DeleteCheckpointResponse]  # type: ignore[assignment]
     """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it."""
+    SetModelAlias: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SetModelAliasRequest, _registry_service_pb2.SetModelAliasResponse]  # type: ignore[assignment]
+    """Points an alias (e.g. "production") at a version of a model, creating or moving it in one atomic
+    step that is recorded in the alias's history. Setting it where it already points changes nothing.
+    """
+    DeleteModelAlias: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteModelAliasRequest, _registry_service_pb2.DeleteModelAliasResponse]  # type: ignore[assignment]
+    """Removes an alias. NOT_FOUND (ALIAS_NOT_FOUND) when the model has no such alias."""
+    ListAliasHistory: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListAliasHistoryRequest, _registry_service_pb2.ListAliasHistoryResponse]  # type: ignore[assignment]
+    """Lists every move of a model's aliases (or of one alias), oldest first, with time and principal."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_registry_service_pb2.WatchEventsRequest, _registry_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams the registry's events: first those stored after after_sequence, then new ones as they are
+    committed (through any replica on the same database), in sequence order with no gap and no
+    duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
+    sequence received.
+    """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelRegistryService keeps trained models, their numbered versions and the checkpoints those
@@ -291,5 +319,43 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.DeleteCheckpointResponse, _abc.Awaitable[_registry_service_pb2.DeleteCheckpointResponse]]:
         """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it."""
+
+    @_abc_1.abstractmethod
+    def SetModelAlias(
+        self,
+        request: _registry_service_pb2.SetModelAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.SetModelAliasResponse, _abc.Awaitable[_registry_service_pb2.SetModelAliasResponse]]:
+        """Points an alias (e.g. "production") at a version of a model, creating or moving it in one atomic
+        step that is recorded in the alias's history. Setting it where it already points changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteModelAlias(
+        self,
+        request: _registry_service_pb2.DeleteModelAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.DeleteModelAliasResponse, _abc.Awaitable[_registry_service_pb2.DeleteModelAliasResponse]]:
+        """Removes an alias. NOT_FOUND (ALIAS_NOT_FOUND) when the model has no such alias."""
+
+    @_abc_1.abstractmethod
+    def ListAliasHistory(
+        self,
+        request: _registry_service_pb2.ListAliasHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListAliasHistoryResponse, _abc.Awaitable[_registry_service_pb2.ListAliasHistoryResponse]]:
+        """Lists every move of a model's aliases (or of one alias), oldest first, with time and principal."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _registry_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_registry_service_pb2.WatchEventsResponse]]:
+        """Streams the registry's events: first those stored after after_sequence, then new ones as they are
+        committed (through any replica on the same database), in sequence order with no gap and no
+        duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
+        sequence received.
+        """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
