@@ -1,5 +1,7 @@
 """Export of the whole registry to one JSON document, and import of it into an empty registry, on
-either database: every field is kept exactly (times in microseconds, version counters, owners)."""
+either database: every field is kept exactly (times in microseconds, version counters, owners,
+aliases and their history, the event log and its counter). Request ids are not carried: they only
+guard retries within 24 hours, against the registry that answered them."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import peewee as pw
 
 from .errors import FailedPrecondition, invalid
 from .store import RegistryStore
-from .tables import Checkpoint, Model, ModelLabel, ModelVersion
+from .tables import AliasChange, Checkpoint, Event, EventCounter, Model, ModelAlias, ModelVersion
 
 FORMAT = "model-registry-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 had no aliases, alias history or events
 _BATCH = 500
 
 
@@ -21,6 +24,12 @@ def _rows(query: pw.ModelSelect) -> Iterator[dict[str, Any]]:
     for row in query.dicts().iterator():
         row.pop("id", None)
         yield row
+
+
+def _by_model_name(table: type[pw.Model]) -> pw.ModelSelect:
+    """Rows of a table that belongs to a model, with the model's name in place of its id."""
+    fields = [f for f in table._meta.sorted_fields if f.name not in ("id", "model")]
+    return table.select(*fields, Model.name.alias("model_name")).join(Model).order_by(table.id)
 
 
 def export_registry(store: RegistryStore, out: IO[str]) -> dict[str, int]:
@@ -37,10 +46,17 @@ def export_registry(store: RegistryStore, out: IO[str]) -> dict[str, int]:
         .switch(ModelVersion)
         .join(Checkpoint)
         .order_by(ModelVersion.id),
+        "model_aliases": _by_model_name(ModelAlias),
+        "alias_changes": _by_model_name(AliasChange),
+        "events": Event.select().order_by(Event.sequence),
     }
     counts = {}
     with store.db.atomic():  # one snapshot (a read transaction) for every section
-        out.write('{"format": %s, "format_version": %d' % (json.dumps(FORMAT), FORMAT_VERSION))
+        last_sequence = EventCounter.select(EventCounter.last_sequence).scalar() or 0
+        out.write(
+            '{"format": %s, "format_version": %d, "last_event_sequence": %d'
+            % (json.dumps(FORMAT), FORMAT_VERSION, last_sequence)
+        )
         for section, query in sections.items():
             out.write(', "%s": [' % section)
             count = 0
@@ -59,13 +75,19 @@ def import_registry(store: RegistryStore, source: IO[str]) -> dict[str, int]:
         data = json.load(source)
     except ValueError as error:
         raise invalid("INVALID_EXPORT", f"not a JSON document: {error}")
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise invalid("INVALID_EXPORT", f"not a {FORMAT} document of version {FORMAT_VERSION}")
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") not in READABLE_VERSIONS:
+        raise invalid("INVALID_EXPORT", f"not a {FORMAT} document of version {', '.join(map(str, READABLE_VERSIONS))}")
+    try:
+        return _load(store, data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise invalid("INVALID_EXPORT", f"malformed export document: {error!r}")
+
+
+def _load(store: RegistryStore, data: dict[str, Any]) -> dict[str, int]:
     with store._write():
-        if Model.select().exists() or Checkpoint.select().exists():
+        if Model.select().exists() or Checkpoint.select().exists() or Event.select().exists():
             raise FailedPrecondition("REGISTRY_NOT_EMPTY", "import loads into an empty registry only")
-        for start in range(0, len(data["checkpoints"]), _BATCH):
-            Checkpoint.insert_many(data["checkpoints"][start : start + _BATCH]).execute()
+        _insert(Checkpoint, data["checkpoints"])
         model_ids = {}
         for row in data["models"]:
             model_ids[row["name"]] = Model.insert(**row).execute()
@@ -77,6 +99,16 @@ def import_registry(store: RegistryStore, source: IO[str]) -> dict[str, int]:
             row["model"] = model_ids[row.pop("model_name")]
             row["checkpoint"] = checkpoint_ids[row.pop("checkpoint_uuid")]
             versions.append(row)
-        for start in range(0, len(versions), _BATCH):
-            ModelVersion.insert_many(versions[start : start + _BATCH]).execute()
-    return {section: len(data[section]) for section in ("checkpoints", "models", "model_versions")}
+        _insert(ModelVersion, versions)
+        for table, section in ((ModelAlias, "model_aliases"), (AliasChange, "alias_changes")):
+            rows = [{**row, "model": model_ids[row["model_name"]]} for row in data.get(section, [])]
+            _insert(table, [{k: v for k, v in row.items() if k != "model_name"} for row in rows])
+        _insert(Event, data.get("events", []))
+        EventCounter.update(last_sequence=data.get("last_event_sequence", 0)).where(EventCounter.id == 1).execute()
+    sections = ("checkpoints", "models", "model_versions", "model_aliases", "alias_changes", "events")
+    return {section: len(data.get(section, [])) for section in sections}
+
+
+def _insert(table: type[pw.Model], rows: list[dict[str, Any]]) -> None:
+    for start in range(0, len(rows), _BATCH):
+        table.insert_many(rows[start : start + _BATCH]).execute()

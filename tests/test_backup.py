@@ -9,7 +9,7 @@ import pytest
 from registry_server import backup, errors
 from registry_server import db as database
 from registry_server.store import CheckpointQuery, ModelQuery, RegistryStore
-from registry_server.tables import Checkpoint, Model, ModelVersion
+from registry_server.tables import AliasChange, Checkpoint, Event, EventCounter, Model, ModelAlias, ModelVersion
 from tests.conftest import POSTGRES_URL
 
 
@@ -24,6 +24,10 @@ def fill(store: RegistryStore) -> None:
     for _ in range(3):
         store.create_version("mnist_cnn", first.uuid, "v", "c", ["prod"], {"acc": 0.97}, "notes", "carol")
     store.delete_version("mnist_cnn", 2)
+    store.set_alias("mnist_cnn", "production", 1)
+    store.set_alias("mnist_cnn", "production", 3)
+    store.set_alias("mnist_cnn", "staging", 1)
+    store.delete_alias("mnist_cnn", "staging")
     store.set_archived("bert", True)
     assert second.uuid
 
@@ -40,7 +44,15 @@ def snapshot(store: RegistryStore) -> dict:
          v.creation_time, v.last_updated_time)
         for v in store._versions().order_by(Model.name, ModelVersion.version)
     ]
-    return {"models": models, "checkpoints": checkpoints, "versions": versions}
+    aliases = sorted(ModelAlias.select(ModelAlias.alias, ModelAlias.version, Model.name).join(Model).tuples())
+    history = list(
+        AliasChange.select(Model.name, AliasChange.alias, AliasChange.previous_version, AliasChange.version,
+                           AliasChange.time, AliasChange.principal).join(Model).order_by(AliasChange.time, AliasChange.id).tuples()
+    )
+    events = list(Event.select().order_by(Event.sequence).dicts())
+    counter = EventCounter.select(EventCounter.last_sequence).scalar()
+    return {"models": models, "checkpoints": checkpoints, "versions": versions, "aliases": aliases,
+            "history": history, "events": events, "counter": counter}
 
 
 
@@ -48,19 +60,21 @@ def test_round_trip_is_lossless(store: RegistryStore, tmp_path) -> None:
     fill(store)
     before = snapshot(store)
     out = io.StringIO()
-    assert backup.export_registry(store, out) == {"checkpoints": 2, "models": 2, "model_versions": 2}
+    counts = backup.export_registry(store, out)
+    assert counts == {"checkpoints": 2, "models": 2, "model_versions": 2, "model_aliases": 1, "alias_changes": 4,
+                      "events": counts["events"]} and counts["events"] >= 12
 
     target_db = database.connect(f"sqlite:///{tmp_path}/imported.db")
     database.migrate(target_db)
     target = RegistryStore(target_db)
     with target_db.connection_context():
-        assert backup.import_registry(target, io.StringIO(out.getvalue())) == {
-            "checkpoints": 2, "models": 2, "model_versions": 2
-        }
+        assert backup.import_registry(target, io.StringIO(out.getvalue())) == counts
         assert snapshot(target) == before
         # The counters continue: numbers are still never reused.
         target.set_archived("bert", False)
         assert target.create_version("mnist_cnn", target.list_checkpoints(CheckpointQuery()).rows[0].uuid).version == 4
+        # ... and so does the event log: unarchive and register are the next two numbers.
+        assert [e.sequence for e in Event.select().order_by(Event.sequence)][-2:] == [before["counter"] + 1, before["counter"] + 2]
         # A second import into the now non-empty registry is refused, and writes nothing.
         with pytest.raises(errors.FailedPrecondition) as excinfo:
             backup.import_registry(target, io.StringIO(out.getvalue()))
