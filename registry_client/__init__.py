@@ -4,6 +4,7 @@ from .client import Registry
 from .errors import (
     AbortedError,
     AlreadyExistsError,
+    DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -21,6 +22,7 @@ __all__ = [
     "AlreadyExistsError",
     "Checkpoint",
     "CheckpointState",
+    "DataLossError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",

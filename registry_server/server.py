@@ -15,6 +15,7 @@ from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from . import db as database
 from .servicer import ModelRegistryServicer
+from .storage import Storage, open_storage
 from .store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,14 @@ def build_server(
     *,
     max_workers: int = DEFAULT_WORKERS,
     reuse_port: bool = False,
+    storage: Storage | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
+    Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
     over them; without it, binding a port that is taken fails instead of silently sharing it."""
+    storage = storage or open_storage(database_url)
     db = database.connect(database_url, max_connections=max_workers + 4)
     database.migrate(db)
     server = grpc.server(
@@ -80,7 +84,7 @@ def build_server(
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
-        ModelRegistryServicer(RegistryStore(db)), server
+        ModelRegistryServicer(RegistryStore(db), storage), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

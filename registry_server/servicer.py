@@ -3,9 +3,12 @@ status codes in one place (`_rpc`)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import inspect
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 import peewee as pw
@@ -19,6 +22,8 @@ from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from . import convert, errors
 from . import db as database
 from .errors import invalid
+from .files import CheckpointFiles
+from .storage import Storage
 from .store import CheckpointQuery, ModelQuery, RegistryStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SORT_KEYS = {
     model_pb2.MODEL_SORT_BY_UNSPECIFIED: "name",
@@ -65,23 +71,62 @@ def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
     context.set_trailing_metadata(status.trailing_metadata)
 
 
+def _storage_error(error: OSError) -> errors.RegistryError:
+    """What a failure of the file storage means to the caller: full, or unavailable for now."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.ResourceExhausted("STORAGE_FULL", "the registry's file storage is full")
+    return errors.Unavailable("STORAGE_UNAVAILABLE", "the registry's file storage failed; retry later")
+
+
+@contextlib.contextmanager
+def _refusals(store: RegistryStore, context: grpc.ServicerContext, name: str) -> Iterator[None]:
+    """Turns every refusal into a status with an ErrorInfo detail, in one place. (abort_with_status
+    would end the call UNKNOWN under grpcio-testing.)"""
+    try:
+        yield
+    except errors.RegistryError as error:
+        _abort(context, error)
+    except pw.PeeweeException as error:
+        log.warning("%s: database error: %s", name, error)
+        if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
+            database.discard_idle_connections(store.db)
+        _abort(context, _database_error(error))
+    except OSError as error:
+        log.warning("%s: storage error: %s", name, error)
+        _abort(context, _storage_error(error))
+
+
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs a handler on one pooled database connection and turns every refusal into a status with an
-    ErrorInfo detail. (abort_with_status would end the call UNKNOWN under grpcio-testing.)"""
+    """Runs a unary handler on one pooled database connection, refusals mapped by _refusals."""
     response_type = getattr(pb, method.__name__ + "Response")
 
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
+        with _refusals(self.store, context, method.__name__):
             with self.store.db.connection_context():
                 return method(self, request, context)
-        except errors.RegistryError as error:
-            _abort(context, error)
-        except pw.PeeweeException as error:
-            log.warning("%s: database error: %s", method.__name__, error)
-            if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
-                database.discard_idle_connections(self.store.db)
-            _abort(context, _database_error(error))
+        return response_type()
+
+    return handler
+
+
+def _transfer(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A streaming handler: like _rpc, but it takes a database connection only around its store calls
+    (so that a slow transfer holds none), and a server-streaming one is a generator."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with _refusals(self.store, context, method.__name__):
+                yield from method(self, request, context)
+
+        return stream
+    response_type = getattr(pb, method.__name__ + "Response")
+
+    @functools.wraps(method)
+    def handler(self: "ModelRegistryServicer", requests: Any, context: grpc.ServicerContext) -> Any:
+        with _refusals(self.store, context, method.__name__):
+            return method(self, requests, context)
         return response_type()
 
     return handler
@@ -115,8 +160,9 @@ def _changes(mask_paths: list[str], message: Any, fields: tuple[str, ...]) -> di
 class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     """ModelRegistryService over a RegistryStore."""
 
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: RegistryStore, storage: Storage) -> None:
         self.store = store
+        self.files = CheckpointFiles(store, storage)
 
     def _owner(self, context: grpc.ServicerContext) -> str:
         """The principal making the call; empty until the server authenticates callers."""
@@ -286,5 +332,48 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def DeleteCheckpoint(
         self, request: pb.DeleteCheckpointRequest, context: grpc.ServicerContext
     ) -> pb.DeleteCheckpointResponse:
-        self.store.delete_checkpoint(request.uuid)
+        self.files.delete_checkpoint(request.uuid)
         return pb.DeleteCheckpointResponse()
+
+    # Checkpoint files
+
+    @_transfer
+    def UploadCheckpointFiles(
+        self, requests: Iterator[pb.UploadCheckpointFilesRequest], context: grpc.ServicerContext
+    ) -> pb.UploadCheckpointFilesResponse:
+        first = next(requests, None)
+        if first is None or first.WhichOneof("content") != "checkpoint_uuid":
+            raise invalid("CHECKPOINT_UUID_REQUIRED", "the first message of an upload names the checkpoint_uuid")
+        with self.store.db.connection_context():
+            upload = self.files.begin_upload(first.checkpoint_uuid)
+        try:
+            for message in requests:
+                content = message.WhichOneof("content")
+                if content == "file":
+                    upload.start_file(message.file.path, message.file.size, message.file.sha256)
+                elif content == "chunk":
+                    upload.write(message.chunk)
+                else:
+                    raise invalid(
+                        "UNEXPECTED_UPLOAD_MESSAGE",
+                        "after the first message an upload carries only file headers and chunks",
+                        content=content or "",
+                    )
+            with self.store.db.connection_context():
+                row = upload.commit()
+        finally:
+            upload.discard()  # what was not published, also when the client went away mid-stream
+        return pb.UploadCheckpointFilesResponse(checkpoint=convert.checkpoint(row))
+
+    @_transfer
+    def DownloadCheckpointFiles(
+        self, request: pb.DownloadCheckpointFilesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadCheckpointFilesResponse]:
+        with self.store.db.connection_context():
+            uuid, headers = self.files.stored_files(request.checkpoint_uuid, list(request.paths))
+        for header in headers:
+            yield pb.DownloadCheckpointFilesResponse(
+                file=checkpoint_pb2.CheckpointFile(path=header.path, size=header.size, sha256=header.sha256)
+            )
+            for chunk in self.files.read(uuid, header.path):
+                yield pb.DownloadCheckpointFilesResponse(chunk=chunk)
