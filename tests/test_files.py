@@ -3,9 +3,15 @@ path confinement, S3 through fsspec against a local moto server, concurrency, lo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import pickle
+import pty
+import struct
+import subprocess
+import termios
 import threading
 import time
 import tracemalloc
@@ -26,11 +32,12 @@ from registry_client import (
     NotFoundError,
     Registry,
 )
+from registry_client.cli import main
 from registry_client.errors import from_rpc_error
 from registry_client.loading import load_checkpoint_dir
 from registry_server.server import build_server
 from registry_server.storage import FsspecStorage, open_storage
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, console_script
 
 MiB = 1024 * 1024
 
@@ -421,3 +428,68 @@ def test_load_picks_the_file_of_the_checkpoint_format(tmp_path: Path) -> None:
         load_checkpoint_dir(tmp_path)
     assert load_checkpoint_dir(tmp_path, format="pickle") == "b"
     assert load_checkpoint_dir(tmp_path, file="a.pkl") == "a"
+
+
+# Command line
+
+
+def test_cli_upload_and_download_are_quiet_off_a_terminal(
+    registry_target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = sample_tree()
+    source = make_tree(tmp_path / "source", files)
+    status = main(["--target", registry_target, "checkpoint", "upload", str(source), "--trial-id", "3", "--json"])
+    out, err = capsys.readouterr()
+    assert (status, err) == (0, "")
+    uploaded = json.loads(out)
+    assert uploaded["trialId"] == 3 and uploaded["state"] == "CHECKPOINT_STATE_COMPLETED"
+    assert {k: int(v) for k, v in uploaded["resources"].items()} == {name: len(data) for name, data in files.items()}
+
+    status = main(["--target", registry_target, "checkpoint", "download", uploaded["uuid"], str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert (status, out, err) == (0, f"{tmp_path / 'out'}\n", "")
+    assert tree_of(tmp_path / "out") == files
+
+    status = main(["--target", registry_target, "checkpoint", "download", uploaded["uuid"], str(tmp_path / "one"), "--path", "empty.txt"])
+    assert status == 0 and tree_of(tmp_path / "one") == {"empty.txt": b""}
+    status = main(["--target", registry_target, "checkpoint", "download", uploaded["uuid"], str(tmp_path / "x"), "--path", "../x"])
+    assert status == 1 and "INVALID_FILE_PATH" in capsys.readouterr().err
+
+
+def test_cli_shows_progress_on_a_terminal(registry_target: str, tmp_path: Path) -> None:
+    source = make_tree(tmp_path / "source", {"w.bin": os.urandom(3 * MiB)})
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal's size
+    shown = bytearray()
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the other side is closed
+                return
+            if not data:
+                return
+            shown.extend(data)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        upload = subprocess.run(
+            [console_script("model-registry"), "--target", registry_target, "checkpoint", "upload", str(source), "--json"],
+            stdout=subprocess.PIPE, stderr=follower, timeout=60,
+        )
+        checkpoint_uuid = json.loads(upload.stdout)["uuid"]
+        download = subprocess.run(
+            [console_script("model-registry"), "--target", registry_target, "checkpoint", "download", checkpoint_uuid, str(tmp_path / "out")],
+            stdout=subprocess.PIPE, stderr=follower, timeout=60,
+        )
+    finally:
+        os.close(follower)
+        reader.join(10)
+        os.close(leader)
+    assert (upload.returncode, download.returncode) == (0, 0)
+    text = shown.decode(errors="replace")
+    # tqdm's bar: percentage, bytes done/total, elapsed<left, and the rate.
+    assert "upload: 100%" in text and "download: 100%" in text, text
+    assert "3.00M/3.00M" in text and "B/s]" in text, text
