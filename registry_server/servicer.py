@@ -359,6 +359,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
                         "after the first message an upload carries only file headers and chunks",
                         content=content or "",
                     )
+            if not context.is_active():  # cancelled: whatever arrived is not the whole upload
+                raise errors.Aborted("UPLOAD_CANCELLED", "the upload was cancelled")
             with self.store.db.connection_context():
                 row = upload.commit()
         finally:

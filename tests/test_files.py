@@ -31,6 +31,7 @@ from registry_client import (
     InvalidArgumentError,
     NotFoundError,
     Registry,
+    UnavailableError,
 )
 from registry_client.cli import main
 from registry_client.errors import from_rpc_error
@@ -493,3 +494,14 @@ def test_cli_shows_progress_on_a_terminal(registry_target: str, tmp_path: Path) 
     # tqdm's bar: percentage, bytes done/total, elapsed<left, and the rate.
     assert "upload: 100%" in text and "download: 100%" in text, text
     assert "3.00M/3.00M" in text and "B/s]" in text, text
+
+
+def test_a_file_lost_from_storage_is_unavailable_not_unknown(
+    registry: Registry, tmp_path: Path, storage_dir: str
+) -> None:
+    checkpoint = registry.upload_checkpoint(make_tree(tmp_path / "source", {"a.txt": b"a"}))
+    (Path(storage_dir) / checkpoint.uuid / "a.txt").unlink()  # an operator's mistake, or a lost disk
+    with pytest.raises(UnavailableError) as lost:
+        checkpoint.download(tmp_path / "out")
+    assert lost.value.reason == "STORAGE_UNAVAILABLE"
+    assert tree_of(tmp_path / "out") == {}  # no partial file left where the file should be
