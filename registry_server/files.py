@@ -106,6 +106,7 @@ class Upload:
                 "FILE_DIGEST_MISMATCH", f"the bytes of {current.path!r} do not match its sha256",
                 path=current.path, sha256=current.sha256, received_sha256=self._digest.hexdigest(),
             )
+        self._pending[-1].seal()
         self.received[current.path] = current
         self._current = None
 
@@ -118,7 +119,9 @@ class Upload:
             for pending in self._pending:
                 pending.publish()
 
-        return self.store.record_files(self.checkpoint_uuid, files, self.storage.uri(self.checkpoint_uuid), publish)
+        checkpoint = self.store.record_files(self.checkpoint_uuid, files, self.storage.uri(self.checkpoint_uuid), publish)
+        self._pending = []  # published: nothing left to discard
+        return checkpoint
 
     def discard(self) -> None:
         """Removes the temporary files that were not published."""

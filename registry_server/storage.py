@@ -33,8 +33,13 @@ class PendingFile(abc.ABC):
     def write(self, data: bytes) -> None: ...
 
     @abc.abstractmethod
+    def seal(self) -> None:
+        """Completes the temporary file, durably, once its bytes checked out (outside any transaction:
+        for a large file this takes a while)."""
+
+    @abc.abstractmethod
     def publish(self) -> None:
-        """Moves the complete file to its final name, replacing a file of the same path."""
+        """Moves the sealed file to its final name, replacing a file of the same path."""
 
     @abc.abstractmethod
     def discard(self) -> None:
@@ -70,10 +75,12 @@ class _LocalPendingFile(PendingFile):
     def write(self, data: bytes) -> None:
         self.file.write(data)
 
-    def publish(self) -> None:
+    def seal(self) -> None:
         self.file.flush()
-        os.fsync(self.file.fileno())  # the bytes are on disk before the name points at them
+        os.fsync(self.file.fileno())  # the bytes are on disk before a name points at them
         self.file.close()
+
+    def publish(self) -> None:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         # Paths are validated before this point; this guards against a link an operator left in
         # the tree pointing elsewhere.
@@ -127,19 +134,21 @@ class _FsspecPendingFile(PendingFile):
     def write(self, data: bytes) -> None:
         self.file.write(data)
 
+    def seal(self) -> None:
+        self.file.close()  # on an object store: completes the multipart upload of the temporary key
+
     def publish(self) -> None:
-        self.file.close()
-        self.fs.makedirs(self.final.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object stores
         # On object stores a server-side copy, then the temporary key goes: no byte passes through
         # the registry again, and readers see the old object or the whole new one.
         self.fs.mv(self.temporary, self.final)
 
     def discard(self) -> None:
         if not self.file.closed:
-            # An object store's writer aborts its multipart upload here instead of completing it.
-            discard = getattr(self.file, "discard", None)
-            if discard is not None:
-                discard()
+            from fsspec.spec import AbstractBufferedFile
+
+            if isinstance(self.file, AbstractBufferedFile):
+                # An object store's writer: abort its multipart upload rather than complete it.
+                self.file.discard()
                 self.file.closed = True
             else:
                 self.file.close()
@@ -156,8 +165,11 @@ class FsspecStorage(Storage):
             import fsspec
         except ImportError:
             raise ValueError("--storage-url needs the fsspec package: pip install 'model-registry[s3]'") from None
+        options = dict(options or {})
+        if fsspec.utils.get_protocol(url) in ("file", "local"):
+            options.setdefault("auto_mkdir", True)  # object stores have no directories to make
         try:
-            self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
         except ImportError as error:
             # fsspec names the missing package, e.g. "Install s3fs to access S3".
             raise ValueError(f"--storage-url {url}: {error}; for S3: pip install 'model-registry[s3]'") from None

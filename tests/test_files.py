@@ -505,3 +505,23 @@ def test_a_file_lost_from_storage_is_unavailable_not_unknown(
         checkpoint.download(tmp_path / "out")
     assert lost.value.reason == "STORAGE_UNAVAILABLE"
     assert tree_of(tmp_path / "out") == {}  # no partial file left where the file should be
+
+
+def test_fsspec_file_url_round_trip(registry_target: str, database_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "fsspec-root"
+    storage = open_storage(database_url, storage_url=root.as_uri())
+    running = build_server(database_url, storage=storage)
+    try:
+        with Registry(f"127.0.0.1:{running.port}") as registry, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            files = {"a/b.bin": os.urandom(MiB + 1), "c.txt": b"c"}
+            checkpoint = registry.upload_checkpoint(make_tree(tmp_path / "source", files))
+            assert checkpoint.storage_uri == (root / checkpoint.uuid).as_uri()
+            stub = pb_grpc.ModelRegistryServiceStub(channel)
+            truncated = upload_messages(checkpoint.uuid, "d.bin", os.urandom(2 * MiB))[:-1]
+            assert refusal(lambda: stub.UploadCheckpointFiles(iter(truncated), timeout=30))[1] == "FILE_SIZE_MISMATCH"
+            assert files_under(root) == sorted(f"{checkpoint.uuid}/{name}" for name in files)
+            assert tree_of(checkpoint.download(tmp_path / "out")) == files
+            checkpoint.delete()
+            assert files_under(root) == []
+    finally:
+        running.stop(grace=None)
