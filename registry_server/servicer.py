@@ -96,23 +96,10 @@ def _refusals(store: RegistryStore, context: grpc.ServicerContext, name: str) ->
         _abort(context, _storage_error(error))
 
 
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs a unary handler on one pooled database connection, refusals mapped by _refusals."""
-    response_type = getattr(pb, method.__name__ + "Response")
-
-    @functools.wraps(method)
-    def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        with _refusals(self.store, context, method.__name__):
-            with self.store.db.connection_context():
-                return method(self, request, context)
-        return response_type()
-
-    return handler
-
-
-def _transfer(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A streaming handler: like _rpc, but it takes a database connection only around its store calls
-    (so that a slow transfer holds none), and a server-streaming one is a generator."""
+def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callable[..., Any]:
+    """Runs a handler on one pooled database connection, with refusals mapped by _refusals. Without
+    `hold_connection` the handler takes a connection only around its store calls, so that a slow
+    transfer holds none; a server-streaming handler (a generator) never holds one."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
@@ -124,12 +111,18 @@ def _transfer(method: Callable[..., Any]) -> Callable[..., Any]:
     response_type = getattr(pb, method.__name__ + "Response")
 
     @functools.wraps(method)
-    def handler(self: "ModelRegistryServicer", requests: Any, context: grpc.ServicerContext) -> Any:
+    def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
         with _refusals(self.store, context, method.__name__):
-            return method(self, requests, context)
+            with self.store.db.connection_context() if hold_connection else contextlib.nullcontext():
+                return method(self, request, context)
         return response_type()
 
     return handler
+
+
+def _transfer(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A streaming handler: _rpc without a database connection held for the whole call."""
+    return _rpc(method, hold_connection=False)
 
 
 def _enum(value: int, allowed: Any, field: str) -> int:
