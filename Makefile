@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 ARGS ?=
 
-.PHONY: install run test lint proto check-proto bench clean
+.PHONY: install run test lint proto check-proto bench bench-files clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ lint: $(BUF)
 ## bench: throughput and latency beside a no-op gRPC baseline (see bench/README.md)
 bench: install
 	$(BIN)/python -m bench $(ARGS)
+
+## bench-files: checkpoint upload/download MB/s beside a plain file copy (bench/files.py)
+bench-files: install
+	$(BIN)/python -m bench.files $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info

@@ -4,6 +4,7 @@ from .client import Registry
 from .errors import (
     AbortedError,
     AlreadyExistsError,
+    DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -32,6 +33,7 @@ __all__ = [
     "AlreadyExistsError",
     "Checkpoint",
     "CheckpointState",
+    "DataLossError",
     "DeadlineExceededError",
     "Event",
     "EventKind",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +18,8 @@ from google.protobuf.message import Message
 
 from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb, registry_service_pb2_grpc
 
-from .errors import UnavailableError, from_rpc_error
+from .errors import RegistryError, UnavailableError, from_rpc_error
+from .transfer import Progress, UploadStream, local_files, receive_files
 from .objects import (
     Checkpoint,
     CheckpointState,
@@ -250,7 +253,8 @@ class Registry:
         return [Checkpoint.from_proto(c, self) for c in protos]
 
     def delete_checkpoint(self, uuid: str) -> None:
-        """Delete a checkpoint; FailedPreconditionError (CHECKPOINT_IN_USE) while a version uses it."""
+        """Delete a checkpoint and its stored files; FailedPreconditionError (CHECKPOINT_IN_USE) while a
+        version uses it."""
         self._call("DeleteCheckpoint", pb.DeleteCheckpointRequest(uuid=uuid))
 
     # Registration and events
@@ -324,6 +328,67 @@ class Registry:
                 call.cancel()
             time.sleep(backoff)
             backoff = min(backoff * 2, _WATCH_BACKOFF_S[1])
+    # Checkpoint files. Transfers have no deadline: a large checkpoint takes as long as it takes.
+
+    def upload_checkpoint(
+        self, local_dir: str | os.PathLike[str], *, progress: Progress | None = None, **fields: Any
+    ) -> Checkpoint:
+        """Create a checkpoint (fields as for create_checkpoint) and upload every file under local_dir.
+
+        The checkpoint is created ACTIVE unless a state is given, and becomes COMPLETED when its files
+        are stored; resources and storage_uri are set by the registry. If the upload fails, the
+        checkpoint is deleted again and the error raised: nothing of it stays visible.
+        """
+        if "resources" in fields or "storage_uri" in fields:
+            raise TypeError("resources and storage_uri are set by the registry from the uploaded files")
+        files = local_files(local_dir)  # a missing directory or a link fails before anything is created
+        fields.setdefault("state", CheckpointState.ACTIVE)
+        checkpoint = self.create_checkpoint(**fields)
+        try:
+            return self._upload(checkpoint.uuid, files, progress)
+        except BaseException:
+            with contextlib.suppress(RegistryError):
+                self.delete_checkpoint(checkpoint.uuid)
+            raise
+
+    def upload_checkpoint_files(
+        self, uuid: str, local_dir: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> Checkpoint:
+        """Upload every file under local_dir to an existing checkpoint (replacing files of the same
+        path); all of them are stored, or none. Returns the checkpoint as updated."""
+        return self._upload(uuid, local_files(local_dir), progress)
+
+    def _upload(self, uuid: str, files: list[tuple[str, Path]], progress: Progress | None) -> Checkpoint:
+        stream = UploadStream(uuid, files, progress)
+        try:
+            response = self._stub.UploadCheckpointFiles(iter(stream))
+        except grpc.RpcError as err:
+            if stream.error is not None:  # reading a local file failed: that, not CANCELLED, is the news
+                raise stream.error from None
+            raise from_rpc_error(err) from err
+        return Checkpoint.from_proto(response.checkpoint, self)
+
+    def download_checkpoint(
+        self,
+        uuid: str,
+        directory: str | os.PathLike[str],
+        paths: Iterable[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download the stored files of a checkpoint (or only those named in paths) into directory,
+        checking every file's SHA-256; a file appears under its name only once it checked out."""
+        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        sizes = self.get_checkpoint(uuid).resources
+        total = sum(sizes.get(p, 0) for p in paths) if paths else sum(sizes.values())
+        responses = self._stub.DownloadCheckpointFiles(pb.DownloadCheckpointFilesRequest(checkpoint_uuid=uuid, paths=paths))
+        try:
+            receive_files(responses, Path(directory), total, progress)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            responses.cancel()  # a no-op once the stream has ended; stops it after a local failure
+        return Path(directory)
 
     # Lifetime
 

@@ -60,6 +60,10 @@ class AbortedError(RegistryError):
     """ABORTED: a concurrency conflict; the call may be retried."""
 
 
+class DataLossError(RegistryError):
+    """DATA_LOSS: file bytes did not match their SHA-256 digest."""
+
+
 class DeadlineExceededError(RegistryError):
     """DEADLINE_EXCEEDED: the call did not finish within the client's timeout."""
 
@@ -75,6 +79,7 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[RegistryError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.ABORTED: AbortedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
 }
 
 

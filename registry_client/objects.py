@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,7 @@ from google.protobuf.message import Message
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 
 from .errors import NotFoundError
+from .loading import load_checkpoint_dir
 
 if TYPE_CHECKING:
     from .client import Registry
@@ -196,8 +199,25 @@ class Checkpoint:
         return message_to_dict(self._proto)
 
     def delete(self) -> None:
-        """Delete this checkpoint (refused while a model version uses it)."""
+        """Delete this checkpoint and its stored files (refused while a model version uses it)."""
         self._registry.delete_checkpoint(self.uuid)
+
+    def download(
+        self, path: str | os.PathLike[str] | None = None, *, paths: Iterable[str] | None = None, progress: Any = None
+    ) -> Path:
+        """Download the checkpoint's stored files (or only `paths`) into the directory `path`, by
+        default checkpoints/<uuid>; every file's SHA-256 is checked. Returns the directory."""
+        directory = Path(path) if path is not None else Path("checkpoints", self.uuid)
+        return self._registry.download_checkpoint(self.uuid, directory, paths, progress=progress)
+
+    def load(self, path: str | os.PathLike[str] | None = None, *, file: str | None = None) -> Any:
+        """Download the checkpoint (into `path`, as download does) and load its model: PyTorch .pt/.pth
+        (torch.load with weights_only=True), joblib, pickle (e.g. scikit-learn), Keras .keras/.h5,
+        TensorFlow SavedModel, ONNX. `file` picks one file when several could be loaded. Raises
+        ModuleNotFoundError naming the package to install when the framework is missing.
+
+        Pickle and joblib files can run code when loaded: load only checkpoints you trust."""
+        return load_checkpoint_dir(self.download(path), file=file, format=self.format)
 
     def __repr__(self) -> str:
         return (

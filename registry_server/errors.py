@@ -33,6 +33,10 @@ class Unavailable(RegistryError):
     """The database cannot be reached or is busy; the request may be retried."""
 
 
+class ResourceExhausted(RegistryError):
+    """A resource of the registry (e.g. its file storage) is exhausted."""
+
+
 class Aborted(RegistryError):
     """The transaction conflicted with another one; the request may be retried."""
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import db as database
 from .server import DEFAULT_WORKERS, build_server
 from .servicer import WATCH_POLL_INTERVAL_S
+from .storage import open_storage
 
 log = logging.getLogger("registry_server")
 
@@ -31,6 +32,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("MODEL_REGISTRY_DATABASE_URL", DEFAULT_DATABASE_URL),
         help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env MODEL_REGISTRY_DATABASE_URL; "
         f"default {DEFAULT_DATABASE_URL})",
+    )
+    parser.add_argument(
+        "--storage-dir",
+        default=env("MODEL_REGISTRY_STORAGE_DIR"),
+        help="directory of checkpoint files (env MODEL_REGISTRY_STORAGE_DIR; default: registry-files/ beside "
+        "the SQLite file, ./registry-files for PostgreSQL)",
+    )
+    parser.add_argument(
+        "--storage-url",
+        default=env("MODEL_REGISTRY_STORAGE_URL"),
+        help="fsspec URL of checkpoint files instead, e.g. s3://bucket/prefix (needs model-registry[s3]) "
+        "(env MODEL_REGISTRY_STORAGE_URL)",
+    )
+    parser.add_argument(
+        "--storage-options",
+        default=env("MODEL_REGISTRY_STORAGE_OPTIONS"),
+        metavar="JSON",
+        help='options of the --storage-url filesystem, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+        "(env MODEL_REGISTRY_STORAGE_OPTIONS)",
     )
     parser.add_argument(
         "--workers",
@@ -85,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "") -> int:
     """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0."""
     try:
+        storage = open_storage(args.database_url, args.storage_dir, args.storage_url, args.storage_options)
         running = build_server(
             args.database_url,
             args.host,
@@ -93,6 +114,7 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
             reuse_port=reuse_port,
             watch_poll_interval=args.watch_poll_interval,
             max_watchers=args.max_watchers,
+            storage=storage,
         )
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)
@@ -101,7 +123,8 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info(
-        "model registry serving on %s:%d%s (database %s)", args.host, running.port, worker, _redacted(args.database_url)
+        "model registry serving on %s:%d%s (database %s, files %s)",
+        args.host, running.port, worker, _redacted(args.database_url), storage.uri("").rstrip("/"),
     )
     stop.wait()
     log.info("stopping%s: finishing calls in flight (up to %.0fs)", worker, args.grace)

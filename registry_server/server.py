@@ -17,6 +17,7 @@ from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from . import db as database
 from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
+from .storage import Storage, open_storage
 from .store import EVENTS_CHANNEL, RegistryStore
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,16 @@ def build_server(
     reuse_port: bool = False,
     watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
     max_watchers: int | None = None,
+    storage: Storage | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
+    Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
     over them; without it, binding a port that is taken fails instead of silently sharing it.
     Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
     them) caps the streams so that unary calls keep the rest."""
+    storage = storage or open_storage(database_url)
     db = database.connect(database_url, max_connections=max_workers + 4)
     database.migrate(db)
     server = grpc.server(
@@ -137,6 +141,7 @@ def build_server(
     )
     servicer = ModelRegistryServicer(
         RegistryStore(db),
+        storage,
         watch_poll_interval=watch_poll_interval,
         max_watchers=max_watchers if max_watchers is not None else max(1, max_workers // 2),
     )

@@ -3,8 +3,11 @@ status codes in one place (`_rpc`)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
+import inspect
 import logging
 import threading
 from typing import Any, Callable, Iterator
@@ -21,6 +24,8 @@ from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from . import convert, errors, validation
 from . import db as database
 from .errors import invalid
+from .files import CheckpointFiles
+from .storage import Storage
 from .store import CheckpointQuery, ModelQuery, RegistryStore, RequestKey
 
 log = logging.getLogger(__name__)
@@ -73,29 +78,56 @@ def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
     context.set_trailing_metadata(status.trailing_metadata)
 
 
+def _storage_error(error: OSError) -> errors.RegistryError:
+    """What a failure of the file storage means to the caller: full, or unavailable for now."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.ResourceExhausted("STORAGE_FULL", "the registry's file storage is full")
+    return errors.Unavailable("STORAGE_UNAVAILABLE", "the registry's file storage failed; retry later")
+
+
 def _refusal(db: pw.Database, rpc: str, error: Exception) -> errors.RegistryError:
-    """The registry error to answer with, for a refusal or a database failure."""
+    """The registry error to answer with, for a refusal, a database failure or a storage failure."""
     if isinstance(error, errors.RegistryError):
         return error
+    if isinstance(error, OSError):
+        log.warning("%s: storage error: %s", rpc, error)
+        return _storage_error(error)
     log.warning("%s: database error: %s", rpc, error)
     if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
         database.discard_idle_connections(db)
     return _database_error(error)
 
 
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs a handler on one pooled database connection, with its writes attributed to the caller, and
-    turns every refusal into a status with an ErrorInfo detail. (abort_with_status would end the call
-    UNKNOWN under grpcio-testing.)"""
+@contextlib.contextmanager
+def _refusals(db: pw.Database, context: grpc.ServicerContext, rpc: str) -> Iterator[None]:
+    """Turns every refusal into a status with an ErrorInfo detail, in one place. (abort_with_status
+    would end the call UNKNOWN under grpcio-testing.)"""
+    try:
+        yield
+    except (errors.RegistryError, pw.PeeweeException, OSError) as error:
+        _abort(context, _refusal(db, rpc, error))
+
+
+def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callable[..., Any]:
+    """Runs a handler with its writes attributed to the caller, on one pooled database connection, with
+    refusals mapped by _refusals. Without `hold_connection` the handler takes a connection only around
+    its store calls, so that a slow transfer holds none; a server-streaming handler (a generator) never
+    holds one."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
+                yield from method(self, request, context)
+
+        return stream
     response_type = getattr(pb, method.__name__ + "Response")
 
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            with self.store.db.connection_context(), self.store.acting_as(self._owner(context)):
+        with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
+            with self.store.db.connection_context() if hold_connection else contextlib.nullcontext():
                 return method(self, request, context)
-        except (errors.RegistryError, pw.PeeweeException) as error:
-            _abort(context, _refusal(self.store.db, method.__name__, error))
         return response_type()
 
     return handler
@@ -115,6 +147,9 @@ def _request_key(method: str, request: Any) -> RequestKey | None:
 def _checkpoint_values(message: checkpoint_pb2.Checkpoint, field: str) -> dict[str, Any]:
     _enum(message.state, checkpoint_pb2.CheckpointState.values(), f"{field}.state")
     return convert.checkpoint_values(message)
+def _transfer(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A streaming handler: _rpc without a database connection held for the whole call."""
+    return _rpc(method, hold_connection=False)
 
 
 def _enum(value: int, allowed: Any, field: str) -> int:
@@ -146,9 +181,15 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     """ModelRegistryService over a RegistryStore."""
 
     def __init__(
-        self, store: RegistryStore, *, watch_poll_interval: float = WATCH_POLL_INTERVAL_S, max_watchers: int = 8
+        self,
+        store: RegistryStore,
+        storage: Storage,
+        *,
+        watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
+        max_watchers: int = 8,
     ) -> None:
         self.store = store
+        self.files = CheckpointFiles(store, storage)
         self.watch_poll_interval = watch_poll_interval
         # Each stream holds a server thread for its lifetime: cap them so that unary calls keep some.
         self._watchers = threading.BoundedSemaphore(max_watchers)
@@ -343,7 +384,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def DeleteCheckpoint(
         self, request: pb.DeleteCheckpointRequest, context: grpc.ServicerContext
     ) -> pb.DeleteCheckpointResponse:
-        self.store.delete_checkpoint(request.uuid)
+        self.files.delete_checkpoint(request.uuid)
         return pb.DeleteCheckpointResponse()
 
     # Aliases
@@ -416,3 +457,47 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             _abort(context, _refusal(self.store.db, "WatchEvents", error))
         finally:
             self._watchers.release()
+    # Checkpoint files
+
+    @_transfer
+    def UploadCheckpointFiles(
+        self, requests: Iterator[pb.UploadCheckpointFilesRequest], context: grpc.ServicerContext
+    ) -> pb.UploadCheckpointFilesResponse:
+        first = next(requests, None)
+        if first is None or first.WhichOneof("content") != "checkpoint_uuid":
+            raise invalid("CHECKPOINT_UUID_REQUIRED", "the first message of an upload names the checkpoint_uuid")
+        with self.store.db.connection_context():
+            upload = self.files.begin_upload(first.checkpoint_uuid)
+        try:
+            for message in requests:
+                content = message.WhichOneof("content")
+                if content == "file":
+                    upload.start_file(message.file.path, message.file.size, message.file.sha256)
+                elif content == "chunk":
+                    upload.write(message.chunk)
+                else:
+                    raise invalid(
+                        "UNEXPECTED_UPLOAD_MESSAGE",
+                        "after the first message an upload carries only file headers and chunks",
+                        content=content or "",
+                    )
+            if not context.is_active():  # cancelled: whatever arrived is not the whole upload
+                raise errors.Aborted("UPLOAD_CANCELLED", "the upload was cancelled")
+            with self.store.db.connection_context():
+                row = upload.commit()
+        finally:
+            upload.discard()  # what was not published, also when the client went away mid-stream
+        return pb.UploadCheckpointFilesResponse(checkpoint=convert.checkpoint(row))
+
+    @_transfer
+    def DownloadCheckpointFiles(
+        self, request: pb.DownloadCheckpointFilesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadCheckpointFilesResponse]:
+        with self.store.db.connection_context():
+            uuid, headers = self.files.stored_files(request.checkpoint_uuid, list(request.paths))
+        for header in headers:
+            yield pb.DownloadCheckpointFilesResponse(
+                file=checkpoint_pb2.CheckpointFile(path=header.path, size=header.size, sha256=header.sha256)
+            )
+            for chunk in self.files.read(uuid, header.path):
+                yield pb.DownloadCheckpointFilesResponse(chunk=chunk)

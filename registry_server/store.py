@@ -793,23 +793,73 @@ class RegistryStore:
             "(CASE WHEN jsonb_typeof(metrics -> %s) = 'number' THEN (metrics ->> %s)::float8 END)", (key, key)
         )
 
-    def delete_checkpoint(self, uuid: str) -> None:
+    def delete_checkpoint(self, uuid: str) -> str:
+        """Deletes the record of a checkpoint not used by any model version; returns its canonical uuid."""
         uuid = _checkpoint_uuid(uuid)
         try:
             with self._write():
                 checkpoint = Checkpoint.get_or_none(Checkpoint.uuid == uuid)
                 if checkpoint is None:
                     raise checkpoint_not_found(uuid)
-                user = ModelVersion.select(ModelVersion.version, Model.name).join(Model).where(
-                    ModelVersion.checkpoint == checkpoint.id
-                ).first()
-                if user is not None:
-                    raise _checkpoint_in_use(uuid, user.model.name, user.version)
+                _refuse_in_use(checkpoint)
                 checkpoint.delete_instance()
                 self._event(EventKind.CHECKPOINT_DELETED, checkpoint_uuid=uuid)
         except pw.IntegrityError:
             # A version registered it between our check and the delete (PostgreSQL's RESTRICT).
             raise _checkpoint_in_use(uuid, "", 0)
+        return uuid
+
+    # Checkpoint files ---------------------------------------------------------------------------
+
+    def checkpoint_for_upload(self, uuid: str) -> Checkpoint:
+        """The checkpoint, if files may be uploaded to it: the files of a registered model stay as
+        they were registered."""
+        checkpoint = self.get_checkpoint(uuid)
+        _refuse_in_use(checkpoint)
+        return checkpoint
+
+    def record_files(
+        self, uuid: str, files: dict[str, tuple[int, str]], storage_uri: str, publish: Callable[[], None]
+    ) -> Checkpoint:
+        """Records uploaded files (path -> (size, sha256)) and calls `publish` to make them visible,
+        in one transaction under the checkpoint's row lock, so that concurrent uploads to one
+        checkpoint record what they published in the same order. Once a checkpoint has stored files,
+        its resources list exactly those; an ACTIVE checkpoint becomes COMPLETED."""
+        with self._write():
+            query = Checkpoint.update(storage_uri=storage_uri).where(Checkpoint.uuid == uuid).returning(Checkpoint)
+            checkpoint = next(iter(query.execute()), None)
+            if checkpoint is None:
+                raise checkpoint_not_found(uuid)  # deleted while its files were uploading
+            _refuse_in_use(checkpoint)
+            publish()
+            checkpoint.resources = {
+                **(checkpoint.resources if checkpoint.file_digests else {}),
+                **{path: size for path, (size, _) in files.items()},
+            }
+            checkpoint.file_digests = {**checkpoint.file_digests, **{path: sha for path, (_, sha) in files.items()}}
+            if checkpoint.state == STATE_ACTIVE:
+                checkpoint.state = STATE_COMPLETED
+            Checkpoint.update(
+                resources=checkpoint.resources, file_digests=checkpoint.file_digests, state=checkpoint.state
+            ).where(Checkpoint.id == checkpoint.id).execute()
+        return checkpoint
+
+    def stored_files(self, checkpoint: Checkpoint, paths: list[str]) -> list[tuple[str, int, str]]:
+        """(path, size, sha256) of the named stored files, in the order given; every one, by path,
+        when none are named."""
+        for path in paths:
+            validation.file_path(path)
+            if path not in checkpoint.file_digests:
+                raise NotFound(
+                    "CHECKPOINT_FILE_NOT_FOUND",
+                    f"checkpoint {checkpoint.uuid!r} has no stored file {path!r}",
+                    checkpoint_uuid=checkpoint.uuid,
+                    path=path,
+                )
+        return [
+            (path, checkpoint.resources[path], checkpoint.file_digests[path])
+            for path in (paths or sorted(checkpoint.file_digests))
+        ]
 
     # Helpers ------------------------------------------------------------------------------------
 
@@ -841,6 +891,17 @@ def _checkpoint_uuid(value: str) -> str:
         return str(uuidlib.UUID(value))
     except (ValueError, TypeError, AttributeError):
         raise invalid("INVALID_UUID", "checkpoint uuid must be a UUID", checkpoint_uuid=str(value)[:64])
+
+
+def _refuse_in_use(checkpoint: Checkpoint) -> None:
+    user = (
+        ModelVersion.select(ModelVersion.version, Model.name)
+        .join(Model)
+        .where(ModelVersion.checkpoint == checkpoint.id)
+        .first()
+    )
+    if user is not None:
+        raise _checkpoint_in_use(checkpoint.uuid, user.model.name, user.version)
 
 
 def _checkpoint_in_use(uuid: str, model_name: str, version: int) -> FailedPrecondition:

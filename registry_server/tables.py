@@ -68,6 +68,8 @@ class Checkpoint(Table):
     storage_uri = pw.TextField(default="")
     report_time = pw.BigIntegerField()
     creation_time = pw.BigIntegerField()
+    # path -> SHA-256 (hex) of each file stored in the registry's storage; their sizes are in resources.
+    file_digests = pw.JSONField(default=dict)
 
     class Meta:
         table_name = "checkpoint"

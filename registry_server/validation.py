@@ -168,3 +168,29 @@ def request_id(value: str) -> str:
             request_id=value[:MAX_REQUEST_ID_LENGTH],
         )
     return value
+
+
+MAX_FILE_PATH_BYTES = 1024
+MAX_PATH_COMPONENT_BYTES = 255  # what common filesystems allow for one name
+
+
+def file_path(value: str) -> str:
+    """A checkpoint file's path, confined to the checkpoint: relative, "/" between non-empty
+    components, none of them "." or "..", no backslash (a separator elsewhere) or control character."""
+    problem = None
+    components = value.split("/")
+    if not value:
+        problem = "must not be empty"
+    elif len(value.encode()) > MAX_FILE_PATH_BYTES:
+        problem = f"must be at most {MAX_FILE_PATH_BYTES} bytes"
+    elif value.startswith("/"):
+        problem = "must be relative to the checkpoint"
+    elif "\\" in value or _CONTROL.search(value):
+        problem = "must not contain backslashes or control characters"
+    elif any(part in ("", ".", "..") for part in components):
+        problem = "must not have empty, '.' or '..' components"
+    elif any(len(part.encode()) > MAX_PATH_COMPONENT_BYTES or part != part.strip() for part in components):
+        problem = f"must have components of at most {MAX_PATH_COMPONENT_BYTES} bytes without surrounding whitespace"
+    if problem:
+        raise invalid("INVALID_FILE_PATH", f"file path {problem}", path=value[:MAX_FILE_PATH_BYTES])
+    return value

@@ -12,6 +12,7 @@ import pytest
 
 from registry_server import db as database
 from registry_server.server import RegistryServer, build_server
+from registry_server.storage import LocalStorage
 from registry_server.store import RegistryStore
 
 POSTGRES_URL = os.environ.get("MODEL_REGISTRY_TEST_POSTGRES_URL", "")
@@ -55,8 +56,14 @@ def store(database_url: str) -> Iterator[RegistryStore]:
 
 
 @pytest.fixture
-def registry_server(database_url: str) -> Iterator[RegistryServer]:
-    running = build_server(database_url, "127.0.0.1", 0)
+def storage_dir(tmp_path) -> str:
+    """Where the test server keeps checkpoint files."""
+    return str(tmp_path / "files")
+
+
+@pytest.fixture
+def registry_server(database_url: str, storage_dir: str) -> Iterator[RegistryServer]:
+    running = build_server(database_url, "127.0.0.1", 0, storage=LocalStorage(storage_dir))
     try:
         yield running
     finally:

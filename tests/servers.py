@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -27,6 +28,10 @@ class ServerProcess:
 
     def __init__(self, database_url: str, *args: str, port: int = 0, workers: int = 1, timeout: float = 30) -> None:
         command = [console_script("model-registry-server"), "--port", str(port), "--database-url", database_url]
+        if not any(arg.startswith("--storage") for arg in args):
+            # Checkpoint files in a directory of our own, not ./registry-files of whoever runs the tests.
+            self._files = tempfile.TemporaryDirectory(prefix="registry-files-")
+            command += ["--storage-dir", self._files.name]
         if workers > 1:
             command += ["--workers", str(workers)]
         self.process = subprocess.Popen(command + list(args), stderr=subprocess.PIPE, text=True)

@@ -20,6 +20,7 @@ from registry_client import Registry
 from registry_server import db as database
 from registry_server import server as server_module
 from registry_server.server import build_server
+from registry_server.storage import LocalStorage
 from tests import pgcluster
 
 SERVICE = "modelregistry.v1.ModelRegistryService"
@@ -60,8 +61,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[pgcluster.PrivateCluste
         private.destroy()
 
 
-def test_postgresql_restart(cluster: pgcluster.PrivateCluster) -> None:
-    running = build_server(cluster.url)
+def test_postgresql_restart(cluster: pgcluster.PrivateCluster, tmp_path) -> None:
+    running = build_server(cluster.url, storage=LocalStorage(tmp_path))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.ModelRegistryServiceStub(channel)
@@ -85,10 +86,10 @@ def test_postgresql_restart(cluster: pgcluster.PrivateCluster) -> None:
         running.stop(grace=None)
 
 
-def test_dropped_connections_do_not_reach_the_caller(cluster: pgcluster.PrivateCluster) -> None:
+def test_dropped_connections_do_not_reach_the_caller(cluster: pgcluster.PrivateCluster, tmp_path) -> None:
     """The database drops every connection of the server (a failover, a proxy restart): the pool
     discards the dead ones at check-out, and reads and writes alike go on, none refused."""
-    running = build_server(cluster.url)
+    running = build_server(cluster.url, storage=LocalStorage(tmp_path))
     try:
         with Registry(f"127.0.0.1:{running.port}", timeout=20) as registry:
             registry.create_model("m")

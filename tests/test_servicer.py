@@ -11,6 +11,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from modelregistry.v1 import checkpoint_pb2, model_pb2, registry_service_pb2 as pb
+from registry_server.storage import LocalStorage
 from registry_server.servicer import ModelRegistryServicer
 from registry_server.store import RegistryStore
 
@@ -32,9 +33,9 @@ class Call:
 
 
 @pytest.fixture
-def call(store: RegistryStore) -> Iterator[Any]:
+def call(store: RegistryStore, tmp_path) -> Iterator[Any]:
     server = grpc_testing.server_from_dictionary(
-        {SERVICE: ModelRegistryServicer(store)}, grpc_testing.strict_real_time()
+        {SERVICE: ModelRegistryServicer(store, LocalStorage(tmp_path / "files"))}, grpc_testing.strict_real_time()
     )
 
     def invoke(method: str, request: Any) -> Call:

@@ -164,3 +164,37 @@ class Checkpoint(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
+
+@_typing.final
+class CheckpointFile(_message.Message):
+    """CheckpointFile names one file of a checkpoint in UploadCheckpointFiles and DownloadCheckpointFiles;
+    the file's bytes follow it in the stream as chunks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of the file relative to the checkpoint, "/" between components, e.g. "model/weights.pt". No
+    leading "/", no empty, "." or ".." component, no backslash or control character.
+    """
+    size: _builtins.int
+    """Size of the file in bytes: exactly this many bytes of chunks follow the header."""
+    sha256: _builtins.str
+    """SHA-256 digest of the file's bytes, as 64 lower-case hexadecimal digits."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointFile: _TypeAlias = CheckpointFile  # noqa: Y015

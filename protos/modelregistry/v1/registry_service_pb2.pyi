@@ -1339,3 +1339,123 @@ class WatchEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class UploadCheckpointFilesRequest(_message.Message):
+    """UploadCheckpointFilesRequest is one message of an upload stream: the checkpoint's uuid (the first
+    message, and only it), the header of the next file, or the next chunk of the current file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_UUID_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    checkpoint_uuid: _builtins.str
+    """Uuid of the checkpoint that the following files belong to; the first message of the stream."""
+    chunk: _builtins.bytes
+    """The next bytes of the current file, at most 1 MiB (1048576 bytes)."""
+    @_builtins.property
+    def file(self) -> _checkpoint_pb2.CheckpointFile:
+        """Starts the next file; the previous file must have received all its bytes."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_uuid: _builtins.str = ...,
+        file: _checkpoint_pb2.CheckpointFile | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_uuid", b"checkpoint_uuid", "chunk", b"chunk", "content", b"content", "file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_uuid", b"checkpoint_uuid", "chunk", b"chunk", "content", b"content", "file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["checkpoint_uuid", "file", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
+
+Global___UploadCheckpointFilesRequest: _TypeAlias = UploadCheckpointFilesRequest  # noqa: Y015
+
+@_typing.final
+class UploadCheckpointFilesResponse(_message.Message):
+    """UploadCheckpointFilesResponse carries the checkpoint once every file of the call is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> _checkpoint_pb2.Checkpoint:
+        """The checkpoint, with resources and storage_uri describing its stored files."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _checkpoint_pb2.Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadCheckpointFilesResponse: _TypeAlias = UploadCheckpointFilesResponse  # noqa: Y015
+
+@_typing.final
+class DownloadCheckpointFilesRequest(_message.Message):
+    """DownloadCheckpointFilesRequest names a checkpoint and, optionally, some of its files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_UUID_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    checkpoint_uuid: _builtins.str
+    """Uuid of the checkpoint."""
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths of the files to send, in this order; every stored file, by path, when empty."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_uuid: _builtins.str = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_uuid", b"checkpoint_uuid", "paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadCheckpointFilesRequest: _TypeAlias = DownloadCheckpointFilesRequest  # noqa: Y015
+
+@_typing.final
+class DownloadCheckpointFilesResponse(_message.Message):
+    """DownloadCheckpointFilesResponse is one message of a download stream: the header of the next file,
+    or the next chunk of the current file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the current file, at most 1 MiB (1048576 bytes)."""
+    @_builtins.property
+    def file(self) -> _checkpoint_pb2.CheckpointFile:
+        """Starts the next file: its path, size and SHA-256 digest, to check the chunks against."""
+
+    def __init__(
+        self,
+        *,
+        file: _checkpoint_pb2.CheckpointFile | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["file", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
+
+Global___DownloadCheckpointFilesResponse: _TypeAlias = DownloadCheckpointFilesResponse  # noqa: Y015

@@ -152,6 +152,16 @@ class ModelRegistryServiceStub:
                 request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.UploadCheckpointFiles = channel.stream_unary(
+                '/modelregistry.v1.ModelRegistryService/UploadCheckpointFiles',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.UploadCheckpointFilesRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.UploadCheckpointFilesResponse.FromString,
+                _registered_method=True)
+        self.DownloadCheckpointFiles = channel.unary_stream(
+                '/modelregistry.v1.ModelRegistryService/DownloadCheckpointFiles',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -327,6 +337,27 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadCheckpointFiles(self, request_iterator, context):
+        """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
+        CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
+        visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
+        failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
+        path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
+        COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
+        do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadCheckpointFiles(self, request, context):
+        """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
+        chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -444,6 +475,16 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'UploadCheckpointFiles': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadCheckpointFiles,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.UploadCheckpointFilesRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.UploadCheckpointFilesResponse.SerializeToString,
+            ),
+            'DownloadCheckpointFiles': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCheckpointFiles,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1070,6 +1111,60 @@ class ModelRegistryService:
             '/modelregistry.v1.ModelRegistryService/WatchEvents',
             modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsRequest.SerializeToString,
             modelregistry_dot_v1_dot_registry__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadCheckpointFiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/modelregistry.v1.ModelRegistryService/UploadCheckpointFiles',
+            modelregistry_dot_v1_dot_registry__service__pb2.UploadCheckpointFilesRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.UploadCheckpointFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCheckpointFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modelregistry.v1.ModelRegistryService/DownloadCheckpointFiles',
+            modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -92,6 +92,19 @@ class ModelRegistryServiceStub:
     duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
     sequence received.
     """
+    UploadCheckpointFiles: _grpc.StreamUnaryMultiCallable[_registry_service_pb2.UploadCheckpointFilesRequest, _registry_service_pb2.UploadCheckpointFilesResponse]
+    """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
+    CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
+    visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
+    failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
+    path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
+    COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
+    do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+    """
+    DownloadCheckpointFiles: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.DownloadCheckpointFilesRequest, _registry_service_pb2.DownloadCheckpointFilesResponse]
+    """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
+    chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -156,6 +169,19 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     committed (through any replica on the same database), in sequence order with no gap and no
     duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
     sequence received.
+    """
+    UploadCheckpointFiles: _aio.StreamUnaryMultiCallable[_registry_service_pb2.UploadCheckpointFilesRequest, _registry_service_pb2.UploadCheckpointFilesResponse]  # type: ignore[assignment]
+    """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
+    CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
+    visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
+    failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
+    path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
+    COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
+    do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+    """
+    DownloadCheckpointFiles: _aio.UnaryStreamMultiCallable[_registry_service_pb2.DownloadCheckpointFilesRequest, _registry_service_pb2.DownloadCheckpointFilesResponse]  # type: ignore[assignment]
+    """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
+    chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
     """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +382,31 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         committed (through any replica on the same database), in sequence order with no gap and no
         duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
         sequence received.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadCheckpointFiles(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_service_pb2.UploadCheckpointFilesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.UploadCheckpointFilesResponse, _abc.Awaitable[_registry_service_pb2.UploadCheckpointFilesResponse]]:
+        """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
+        CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
+        visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
+        failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
+        path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
+        COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
+        do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadCheckpointFiles(
+        self,
+        request: _registry_service_pb2.DownloadCheckpointFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.DownloadCheckpointFilesResponse], _abc.AsyncIterator[_registry_service_pb2.DownloadCheckpointFilesResponse]]:
+        """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
+        chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
         """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
