@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import peewee as pw
@@ -13,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
+from . import auth
 from . import db as database
+from .interceptor import RegistryInterceptor
 from .servicer import ModelRegistryServicer
 from .store import RegistryStore
 
@@ -21,15 +25,24 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name
 DEFAULT_WORKERS = 16
-MAX_CONCURRENT_RPCS = 256
+MAX_CONCURRENT_RPCS = 256  # calls in progress at once; more are refused RESOURCE_EXHAUSTED
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one request message; larger is refused RESOURCE_EXHAUSTED
 HEALTH_PROBE_INTERVAL_S = 2.0
 
 
 class RegistryServer:
     """A started registry server: the gRPC server, its port, its health servicer and its database."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, db: pw.Database):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        db: pw.Database,
+        tokens: auth.TokenFile | None = None,
+    ):
         self.server = server
+        self.tokens = tokens
         self.port = port
         self.health = health_servicer
         self.db = db
@@ -52,12 +65,34 @@ class RegistryServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
+    def reload_tokens(self) -> bool:
+        """Reads the token file again (on SIGHUP); False, keeping the old tokens, when it is invalid."""
+        return self.tokens.reload() if self.tokens is not None else False
+
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
         self._stopping.set()
         self.set_serving(False)
         self.server.stop(grace).wait()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the server's certificate chain and key, and of the CA its clients' certificates
+    must be signed by (mutual TLS) when `client_ca` is set."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
 
 def build_server(
@@ -67,17 +102,29 @@ def build_server(
     *,
     max_workers: int = DEFAULT_WORKERS,
     reuse_port: bool = False,
+    auth_tokens: str | None = None,
+    allow_unauthenticated: bool = False,
+    tls: TlsFiles | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
-    over them; without it, binding a port that is taken fails instead of silently sharing it."""
+    over them; without it, binding a port that is taken fails instead of silently sharing it.
+    Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
+    is served unless `allow_unauthenticated`; ValueError says so."""
+    auth.check_exposure(host, auth_tokens is not None, allow_unauthenticated)
+    tokens = auth.TokenFile(auth_tokens) if auth_tokens is not None else None
+    credentials = tls.credentials() if tls is not None else None
     db = database.connect(database_url, max_connections=max_workers + 4)
     database.migrate(db)
+    interceptor = RegistryInterceptor(SERVICE_NAME, tokens)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-        options=[("grpc.so_reuseport", int(reuse_port))],
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(
         ModelRegistryServicer(RegistryStore(db)), server
@@ -87,11 +134,13 @@ def build_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if not bound:
+        db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    running = RegistryServer(server, bound, health_servicer, db)
+    running = RegistryServer(server, bound, health_servicer, db, tokens)
     running.set_serving(database.ping(db))
     running._watcher.start()
     return running

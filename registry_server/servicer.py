@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from modelregistry.v1 import checkpoint_pb2, model_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import convert, errors
+from . import auth, convert, errors
 from . import db as database
 from .errors import invalid
 from .store import CheckpointQuery, ModelQuery, RegistryStore
@@ -29,6 +29,9 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
 }
@@ -54,12 +57,17 @@ def _database_error(error: pw.PeeweeException) -> errors.RegistryError:
     return errors.Unavailable("DATABASE_UNAVAILABLE", "the registry's database is unavailable; retry later")
 
 
-def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
+def rich_status(error: errors.RegistryError) -> grpc.Status:
+    """The status of a refusal: its code, message, and an ErrorInfo detail in the trailing metadata."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
     code = STATUS_CODES[type(error)]
-    status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=[detail]))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=[detail]))
+
+
+def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
+    status = rich_status(error)
     context.set_code(status.code)
     context.set_details(status.details)
     context.set_trailing_metadata(status.trailing_metadata)
@@ -119,8 +127,13 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self.store = store
 
     def _owner(self, context: grpc.ServicerContext) -> str:
-        """The principal making the call; empty until the server authenticates callers."""
-        return ""
+        """The principal making the call; empty on servers that do not authenticate callers."""
+        return auth.current().name
+
+    def _only_owner(self, context: grpc.ServicerContext) -> str | None:
+        """Whose objects the caller may delete: its own (editors), or anyone's (None: admins)."""
+        principal = auth.current()
+        return principal.name if principal.deletes_only_own else None
 
     # Models
 
@@ -186,7 +199,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     @_rpc
     def DeleteModel(self, request: pb.DeleteModelRequest, context: grpc.ServicerContext) -> pb.DeleteModelResponse:
-        self.store.delete_model(request.name)
+        self.store.delete_model(request.name, only_owner=self._only_owner(context))
         return pb.DeleteModelResponse()
 
     @_rpc
@@ -248,7 +261,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def DeleteModelVersion(
         self, request: pb.DeleteModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteModelVersionResponse:
-        self.store.delete_version(request.model_name, request.version)
+        self.store.delete_version(request.model_name, request.version, only_owner=self._only_owner(context))
         return pb.DeleteModelVersionResponse()
 
     # Checkpoints

@@ -17,6 +17,7 @@ from .db import is_sqlite
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
+    PermissionDenied,
     checkpoint_not_found,
     invalid,
     model_not_found,
@@ -214,9 +215,12 @@ class RegistryStore:
         with self._write():
             return self._lock_model(name, editable=False, archived=archived)
 
-    def delete_model(self, name: str) -> None:
-        """Deletes the model; its versions and labels go with it (ON DELETE CASCADE)."""
+    def delete_model(self, name: str, only_owner: str | None = None) -> None:
+        """Deletes the model; its versions and labels go with it (ON DELETE CASCADE). With `only_owner`,
+        only when that principal owns the model."""
         with self._write():
+            if only_owner is not None:
+                _check_owner(self._lock_model(name, editable=False), only_owner, model_name=name)
             if not Model.delete().where(Model.name == name).execute():
                 raise model_not_found(name)
 
@@ -323,10 +327,16 @@ class RegistryStore:
                 raise version_not_found(model_name, version)
         return self.get_version(model_name, version)
 
-    def delete_version(self, model_name: str, version: int) -> None:
+    def delete_version(self, model_name: str, version: int, only_owner: str | None = None) -> None:
+        """With `only_owner`, only when that principal owns the version or its model."""
         validation.version(version)
         with self._write():
             model = self._lock_model(model_name)
+            if only_owner is not None and model.owner != only_owner:
+                row = ModelVersion.get_or_none(ModelVersion.model == model.id, ModelVersion.version == version)
+                if row is None:
+                    raise version_not_found(model_name, version)
+                _check_owner(row, only_owner, model_name=model_name, version=version)
             deleted = (
                 ModelVersion.delete()
                 .where(ModelVersion.model == model.id, ModelVersion.version == version)
@@ -491,6 +501,17 @@ def _checkpoint_uuid(value: str) -> str:
         return str(uuidlib.UUID(value))
     except (ValueError, TypeError, AttributeError):
         raise invalid("INVALID_UUID", "checkpoint uuid must be a UUID", checkpoint_uuid=str(value)[:64])
+
+
+def _check_owner(row: Model | ModelVersion, principal: str, **names: object) -> None:
+    if row.owner != principal:
+        raise PermissionDenied(
+            "NOT_OWNER",
+            f"{principal!r} may delete only what it owns; this is owned by {row.owner!r}",
+            principal=principal,
+            owner=row.owner,
+            **names,
+        )
 
 
 def _checkpoint_in_use(uuid: str, model_name: str, version: int) -> FailedPrecondition:
