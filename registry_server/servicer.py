@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 import peewee as pw
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -73,6 +75,34 @@ def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
     context.set_trailing_metadata(status.trailing_metadata)
 
 
+def _strings(message: Message, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string a message holds (map keys and Struct values too), with the path of its field."""
+    for field, value in message.ListFields():
+        name = path + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                yield name, key
+                yield from _strings(item, f"{name}.") if isinstance(item, Message) else _scalar(name, item)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                yield from _strings(item, f"{name}.")
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for item in value if field.is_repeated else [value]:
+                yield name, item
+
+
+def _scalar(name: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield name, value
+
+
+def _refuse_nul(request: Message) -> None:
+    """No stored value holds NUL, and PostgreSQL refuses it even in a lookup: refuse it up front."""
+    for path, value in _strings(request):
+        if "\x00" in value:
+            raise invalid("INVALID_CHARACTER", f"{path} must not contain NUL characters", field=path)
+
+
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Runs a handler on one pooled database connection and turns every refusal into a status with an
     ErrorInfo detail. (abort_with_status would end the call UNKNOWN under grpcio-testing.)"""
@@ -81,6 +111,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            _refuse_nul(request)
             with self.store.db.connection_context():
                 return method(self, request, context)
         except errors.RegistryError as error:
@@ -113,7 +144,7 @@ def _changes(mask_paths: list[str], message: Any, fields: tuple[str, ...]) -> di
             )
         value = getattr(message, path)
         if path == "metadata":
-            value = convert.from_struct(value)
+            value = convert.from_struct(value, path)
         elif path == "labels":
             value = list(value)
         changes[path] = value
@@ -142,7 +173,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         row = self.store.create_model(
             request.name,
             request.description,
-            convert.from_struct(request.metadata),
+            convert.from_struct(request.metadata, "metadata"),
             list(request.labels),
             request.notes,
             owner=self._owner(context),
@@ -184,7 +215,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def UpdateModelMetadata(
         self, request: pb.UpdateModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.UpdateModelMetadataResponse:
-        row = self.store.update_model_metadata(request.name, convert.from_struct(request.merge), list(request.remove_keys))
+        merge = convert.from_struct(request.merge, "merge")
+        row = self.store.update_model_metadata(request.name, merge, list(request.remove_keys))
         return pb.UpdateModelMetadataResponse(model=convert.model(row))
 
     @_rpc
@@ -220,7 +252,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             name=request.name,
             comment=request.comment,
             labels=list(request.labels),
-            metadata=convert.from_struct(request.metadata),
+            metadata=convert.from_struct(request.metadata, "metadata"),
             notes=request.notes,
             owner=self._owner(context),
         )
