@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +14,7 @@ from typing import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelregistry.v1 import registry_service_pb2 as pb
 from registry_client import Registry
@@ -25,7 +27,7 @@ from registry_server import auth
 from registry_server.server import RegistryServer, build_server
 
 from .conftest import TOKENS, write_tokens
-from .servers import ServerProcess
+from .servers import ServerProcess, console_script
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
 # What each role may call, written out rather than derived from the server's table.
@@ -113,8 +115,6 @@ def test_health_and_reflection_need_no_token(secured: RegistryServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == health_pb2.HealthCheckResponse.SERVING
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
     with grpc.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
         answer = next(
             reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
@@ -237,9 +237,6 @@ def test_without_tokens_only_loopback_is_served(tmp_path: Path, caplog: pytest.L
 
 
 def test_the_server_process_refuses_in_one_log_line(tmp_path: Path) -> None:
-    from .servers import console_script
-    import subprocess
-
     result = subprocess.run(
         [console_script("model-registry-server"), "--host", "0.0.0.0", "--port", "0",
          "--database-url", f"sqlite:///{tmp_path}/registry.db"],
@@ -248,6 +245,7 @@ def test_the_server_process_refuses_in_one_log_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to serve 0.0.0.0 without authentication" in lines[0]
+    assert not (tmp_path / "registry.db").exists()
 
 
 def test_every_mutation_is_audited_and_no_token_is_logged(
