@@ -310,6 +310,10 @@ def json_sizes(text: str) -> dict[str, int]:
     return value
 
 
+# Options passed on to Registry() as they are.
+CONNECTION_OPTIONS = ("token", "tls", "tls_ca", "tls_cert", "tls_key")
+
+
 def _global_options() -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand.
 
@@ -464,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "offline", False):
             return args.handler(None, args)
-        connection = {key: getattr(args, key) for key in ("token", "tls", "tls_ca", "tls_cert", "tls_key") if hasattr(args, key)}
+        connection = {key: getattr(args, key) for key in CONNECTION_OPTIONS if hasattr(args, key)}
         with Registry(target, timeout=getattr(args, "timeout", 30.0), **connection) as registry:
             args.handler(registry, args)
     except RegistryError as err:

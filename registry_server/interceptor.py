@@ -86,7 +86,8 @@ class RegistryInterceptor(grpc.ServerInterceptor):
                 auth.authorize(principal, rpc)
             except errors.RegistryError as refusal:
                 if _is_mutation(rpc):
-                    _audit(principal.name, rpc, _object(request, None), STATUS_CODES[type(refusal)].name, refusal.reason)
+                    outcome = STATUS_CODES[type(refusal)].name
+                    _audit(principal.name, rpc, _object(request, None), outcome, refusal.reason)
                 context.abort_with_status(rich_status(refusal))
             token = auth.set_current(principal)
             try:

@@ -83,7 +83,8 @@ def test_each_role_is_allowed_and_refused_the_rpcs_it_should(secured: RegistrySe
 
 
 @pytest.mark.parametrize(
-    "token, reason", [(None, "MISSING_TOKEN"), ("not-a-token", "INVALID_TOKEN"), (TOKENS["admin"][0][:-1], "INVALID_TOKEN")]
+    "token, reason",
+    [(None, "MISSING_TOKEN"), ("not-a-token", "INVALID_TOKEN"), (TOKENS["admin"][0][:-1], "INVALID_TOKEN")],
 )
 def test_missing_or_wrong_token_is_unauthenticated(secured: RegistryServer, token: str | None, reason: str) -> None:
     with Registry(f"127.0.0.1:{secured.port}", token=token or "", timeout=10) as registry:
@@ -98,7 +99,9 @@ def test_missing_or_wrong_token_is_unauthenticated(secured: RegistryServer, toke
 
 def test_other_schemes_are_unauthenticated(secured: RegistryServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
-        stub = channel.unary_unary(f"/{SERVICE.full_name}/ListModels", request_serializer=lambda r: r.SerializeToString())
+        stub = channel.unary_unary(
+            f"/{SERVICE.full_name}/ListModels", request_serializer=pb.ListModelsRequest.SerializeToString
+        )
         with pytest.raises(grpc.RpcError) as refused:
             stub(pb.ListModelsRequest(), metadata=(("authorization", f"Basic {TOKENS['admin'][0]}"),), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -280,3 +283,14 @@ def test_every_mutation_is_audited_and_no_token_is_logged(
     ]
     every_message = "\n".join(r.getMessage() for r in caplog.records)
     assert not any(token in every_message for token, _, _ in TOKENS.values())
+
+
+def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
+    tokens = write_tokens(tmp_path / "tokens")
+    with ServerProcess(f"sqlite:///{tmp_path}/registry.db", "--auth-tokens", tokens, workers=2) as server:
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum("tokens reloaded" in line for line in server.lines) < 2:
+            time.sleep(0.05)
+        assert sum("tokens reloaded" in line for line in server.lines) == 2
+        assert server.stop() == 0
