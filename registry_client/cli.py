@@ -419,6 +419,10 @@ def json_sizes(text: str) -> dict[str, int]:
     return value
 
 
+# Options passed on to Registry() as they are.
+CONNECTION_OPTIONS = ("token", "tls", "tls_ca", "tls_cert", "tls_key")
+
+
 def _global_options() -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand.
 
@@ -431,6 +435,16 @@ def _global_options() -> argparse.ArgumentParser:
                         help="print JSON for scripts instead of tables")
     parent.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                         help="seconds to wait for each call (default: 30)")
+    parent.add_argument("--token", default=argparse.SUPPRESS,
+                        help="bearer token (default: $MODEL_REGISTRY_TOKEN; prefer it: arguments show in `ps`)")
+    parent.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
+                        help="connect with TLS, trusting the system's root certificates")
+    parent.add_argument("--tls-ca", metavar="PEM", default=argparse.SUPPRESS,
+                        help="connect with TLS, trusting the CA in this file")
+    parent.add_argument("--tls-cert", metavar="PEM", default=argparse.SUPPRESS,
+                        help="client certificate for mutual TLS (with --tls-key)")
+    parent.add_argument("--tls-key", metavar="PEM", default=argparse.SUPPRESS,
+                        help="private key of --tls-cert")
     return parent
 
 
@@ -607,7 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "offline", False):
             return args.handler(None, args)
-        with Registry(target, timeout=getattr(args, "timeout", 30.0)) as registry:
+        connection = {key: getattr(args, key) for key in CONNECTION_OPTIONS if hasattr(args, key)}
+        with Registry(target, timeout=getattr(args, "timeout", 30.0), **connection) as registry:
             args.handler(registry, args)
     except RegistryError as err:
         print(f"error: {err}", file=sys.stderr)

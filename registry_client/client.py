@@ -35,6 +35,7 @@ from .objects import (
 
 DEFAULT_TARGET = "localhost:50051"
 TARGET_ENV = "MODEL_REGISTRY_TARGET"
+TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
 # Retrying is safe only where a repeated call cannot do something twice: reads, updates that set
@@ -90,6 +91,10 @@ def default_target() -> str:
     return os.environ.get(TARGET_ENV) or DEFAULT_TARGET
 
 
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
 class Registry:
     """A connection to a model registry: creates and finds models and checkpoints."""
 
@@ -102,21 +107,38 @@ class Registry:
         *,
         timeout: float = 30.0,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
-        """Connect to target (host:port); a given channel is used as is, without the retry config."""
+        """Connect to target (host:port); a given channel is used as is, without the retry config.
+
+        `token` (default $MODEL_REGISTRY_TOKEN) is sent as `authorization: Bearer TOKEN` with every call.
+        TLS is used when `tls` is true or any of the PEM file paths is given: `tls_ca` the CA that signed
+        the server's certificate (default: the system's roots), `tls_cert`/`tls_key` this client's
+        certificate and key for a server that asks for one (mutual TLS)."""
         self.target = target or default_target()
         self.timeout = timeout
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            self.target,
-            options=[("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)],
-        )
+        options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        if channel is None and (tls or tls_ca or tls_cert or tls_key):
+            if bool(tls_cert) != bool(tls_key):
+                raise ValueError("tls_cert and tls_key go together")
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
+            )
+            channel = grpc.secure_channel(self.target, credentials, options=options)
+        self._channel = channel or grpc.insecure_channel(self.target, options=options)
         self._stub = registry_service_pb2_grpc.ModelRegistryServiceStub(self._channel)
 
     def _call(self, rpc: str, request: Message) -> Any:
         """Invoke one RPC with the default deadline, turning failures into RegistryError."""
         try:
-            return getattr(self._stub, rpc)(request, timeout=self.timeout)
+            return getattr(self._stub, rpc)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 

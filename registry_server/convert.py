@@ -38,8 +38,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return _plain(json_format.MessageToDict(struct))
+def from_struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    try:
+        return _plain(json_format.MessageToDict(struct))
+    except ValueError:  # NaN and infinities have no JSON form
+        raise invalid("INVALID_JSON", f"{field} must not hold NaN or infinite numbers", field=field)
 
 
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -136,13 +139,13 @@ def checkpoint_values(message: checkpoint_pb2.Checkpoint) -> dict[str, Any]:
         "experiment_id": message.experiment_id,
         "trial_id": message.trial_id,
         "batch_number": message.batch_number,
-        "experiment_config": from_struct(message.experiment_config),
-        "hparams": from_struct(message.hparams),
+        "experiment_config": from_struct(message.experiment_config, "experiment_config"),
+        "hparams": from_struct(message.hparams, "hparams"),
         "resources": dict(message.resources),
-        "metadata": from_struct(message.metadata),
+        "metadata": from_struct(message.metadata, "metadata"),
         "framework": message.framework,
         "format": message.format,
-        "metrics": from_struct(message.metrics),
+        "metrics": from_struct(message.metrics, "metrics"),
         "state": message.state,
         "storage_uri": message.storage_uri,
         "report_time": micros(message.report_time) if message.HasField("report_time") else None,

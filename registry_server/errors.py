@@ -29,6 +29,18 @@ class FailedPrecondition(RegistryError):
     """The request is well formed but the registry's state forbids it now."""
 
 
+class Unauthenticated(RegistryError):
+    """The caller sent no credentials, or ones the registry does not know."""
+
+
+class PermissionDenied(RegistryError):
+    """The caller is known but its role or ownership does not allow the request."""
+
+
+class ResourceExhausted(RegistryError):
+    """The request exceeds a limit on what one caller may use at once."""
+
+
 class Unavailable(RegistryError):
     """The database cannot be reached or is busy; the request may be retried."""
 

@@ -12,8 +12,9 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+from . import auth
 from . import db as database
-from .server import DEFAULT_WORKERS, build_server
+from .server import DEFAULT_WORKERS, MAX_CONCURRENT_RPCS, MAX_REQUEST_BYTES, TlsFiles, build_server
 from .servicer import WATCH_POLL_INTERVAL_S
 from .storage import open_storage
 
@@ -84,6 +85,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default=env("MODEL_REGISTRY_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... (default: %(default)s)"
     )
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--auth-tokens",
+        metavar="FILE",
+        help="bearer tokens, one `TOKEN PRINCIPAL ROLE` a line (role viewer, editor or admin); read again on "
+        "SIGHUP. Without it every caller may do everything, and only loopback addresses are served",
+    )
+    security.add_argument(
+        "--insecure-allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without --auth-tokens",
+    )
+    security.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
+    security.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    security.add_argument(
+        "--tls-client-ca", metavar="PEM", help="mutual TLS: accept only clients with a certificate signed by this CA"
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES,
+        help="largest request message; larger ones get RESOURCE_EXHAUSTED (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=MAX_CONCURRENT_RPCS,
+        help="calls in progress at once per process; more get RESOURCE_EXHAUSTED (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
@@ -91,7 +122,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-watchers must be at least 1 and below --threads")
     if not 0 < args.watch_poll_interval <= 60:
         parser.error("--watch-poll-interval must be above 0 and at most 60 seconds")
+    if args.max_request_bytes < 1 or args.max_concurrent_rpcs < 1:
+        parser.error("--max-request-bytes and --max-concurrent-rpcs must be at least 1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     return args
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +156,11 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
             watch_poll_interval=args.watch_poll_interval,
             max_watchers=args.max_watchers,
             storage=storage,
+            auth_tokens=args.auth_tokens,
+            allow_unauthenticated=args.insecure_allow_unauthenticated,
+            tls=_tls(args),
+            max_request_bytes=args.max_request_bytes,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
         )
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)
@@ -122,9 +168,16 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: running.reload_tokens())
     log.info(
-        "model registry serving on %s:%d%s (database %s, files %s)",
-        args.host, running.port, worker, _redacted(args.database_url), storage.uri("").rstrip("/"),
+        "model registry serving on %s:%d%s (database %s, files %s, %s, %s)",
+        args.host,
+        running.port,
+        worker,
+        _redacted(args.database_url),
+        storage.uri("").rstrip("/"),
+        "TLS" + (" with client certificates" if args.tls_client_ca else "") if args.tls_cert else "plaintext",
+        "bearer tokens" if args.auth_tokens else "no authentication",
     )
     stop.wait()
     log.info("stopping%s: finishing calls in flight (up to %.0fs)", worker, args.grace)
@@ -137,6 +190,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
     """Forks `--workers` processes that share one port (SO_REUSEPORT), before any gRPC server or
     database connection exists; restarts a worker that dies; forwards SIGTERM to all and waits."""
     try:
+        auth.check_exposure(args.host, args.auth_tokens is not None, args.insecure_allow_unauthenticated)
         db = database.connect(args.database_url)
         database.migrate(db)  # once, here, rather than racing in every worker
         db.close_all()
@@ -160,6 +214,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
     def start(index: int) -> None:
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's server can reload its tokens
             holder.close()
             code = 1
             try:
@@ -170,15 +225,17 @@ def _serve_workers(args: argparse.Namespace) -> int:
         started[index] = time.monotonic()
 
     def forward(signum: int, _frame: object) -> None:
-        stopping.set()
+        if signum != signal.SIGHUP:
+            stopping.set()
         for pid in list(children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reads the token file again
     for index in range(args.workers):
         start(index)
     holder.close()

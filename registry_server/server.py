@@ -7,6 +7,8 @@ import select
 import threading
 import time
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import peewee as pw
@@ -15,7 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
+from . import auth
 from . import db as database
+from .interceptor import RegistryInterceptor
 from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
 from .storage import Storage, open_storage
 from .store import EVENTS_CHANNEL, RegistryStore
@@ -24,7 +28,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name
 DEFAULT_WORKERS = 16
-MAX_CONCURRENT_RPCS = 256
+MAX_CONCURRENT_RPCS = 256  # calls in progress at once; more are refused RESOURCE_EXHAUSTED
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one request message; larger is refused RESOURCE_EXHAUSTED
 HEALTH_PROBE_INTERVAL_S = 2.0
 PURGE_INTERVAL_S = 3600.0  # how often request_ids past their retention are forgotten
 
@@ -39,8 +44,10 @@ class RegistryServer:
         health_servicer: health.HealthServicer,
         db: pw.Database,
         servicer: ModelRegistryServicer,
+        tokens: auth.TokenFile | None = None,
     ):
         self.server = server
+        self.tokens = tokens
         self.port = port
         self.health = health_servicer
         self.db = db
@@ -104,6 +111,10 @@ class RegistryServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
+    def reload_tokens(self) -> bool:
+        """Reads the token file again (on SIGHUP); False, keeping the old tokens, when it is invalid."""
+        return self.tokens.reload() if self.tokens is not None else False
+
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
         self._stopping.set()
@@ -111,6 +122,24 @@ class RegistryServer:
         self.servicer.stop_watchers()
         self.server.stop(grace).wait()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the server's certificate chain and key, and of the CA its clients' certificates
+    must be signed by (mutual TLS) when `client_ca` is set."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
 
 def build_server(
@@ -123,6 +152,11 @@ def build_server(
     watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
     max_watchers: int | None = None,
     storage: Storage | None = None,
+    auth_tokens: str | None = None,
+    allow_unauthenticated: bool = False,
+    tls: TlsFiles | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
@@ -130,14 +164,21 @@ def build_server(
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
     over them; without it, binding a port that is taken fails instead of silently sharing it.
     Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
-    them) caps the streams so that unary calls keep the rest."""
+    them) caps the streams so that unary calls keep the rest.
+    Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
+    is served unless `allow_unauthenticated`; ValueError says so."""
+    auth.check_exposure(host, auth_tokens is not None, allow_unauthenticated)
+    tokens = auth.TokenFile(auth_tokens) if auth_tokens is not None else None
+    credentials = tls.credentials() if tls is not None else None
     storage = storage or open_storage(database_url)
     db = database.connect(database_url, max_connections=max_workers + 4)
     database.migrate(db)
+    interceptor = RegistryInterceptor(SERVICE_NAME, tokens)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-        options=[("grpc.so_reuseport", int(reuse_port))],
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
     servicer = ModelRegistryServicer(
         RegistryStore(db),
@@ -151,11 +192,13 @@ def build_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if not bound:
+        db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    running = RegistryServer(server, bound, health_servicer, db, servicer)
+    running = RegistryServer(server, bound, health_servicer, db, servicer, tokens)
     running.set_serving(database.ping(db))
     running._watcher.start()
     if not database.is_sqlite(db):

@@ -15,13 +15,15 @@ from typing import Any, Callable, Iterator
 import grpc
 import peewee as pw
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import convert, errors, validation
+from . import auth, convert, errors, validation
 from . import db as database
 from .errors import invalid
 from .files import CheckpointFiles
@@ -36,6 +38,9 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -67,15 +72,48 @@ def _database_error(error: pw.PeeweeException) -> errors.RegistryError:
     return errors.Unavailable("DATABASE_UNAVAILABLE", "the registry's database is unavailable; retry later")
 
 
-def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
+def rich_status(error: errors.RegistryError) -> grpc.Status:
+    """The status of a refusal: its code, message, and an ErrorInfo detail in the trailing metadata."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
     code = STATUS_CODES[type(error)]
-    status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=[detail]))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=[detail]))
+
+
+def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
+    status = rich_status(error)
     context.set_code(status.code)
     context.set_details(status.details)
     context.set_trailing_metadata(status.trailing_metadata)
+
+
+def _strings(message: Message, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string a message holds (map keys and Struct values too), with the path of its field."""
+    for field, value in message.ListFields():
+        name = path + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                yield name, key
+                yield from _strings(item, f"{name}.") if isinstance(item, Message) else _scalar(name, item)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                yield from _strings(item, f"{name}.")
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for item in value if field.is_repeated else [value]:
+                yield name, item
+
+
+def _scalar(name: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield name, value
+
+
+def _refuse_nul(request: Message) -> None:
+    """No stored value holds NUL, and PostgreSQL refuses it even in a lookup: refuse it up front."""
+    for path, value in _strings(request):
+        if "\x00" in value:
+            raise invalid("INVALID_CHARACTER", f"{path} must not contain NUL characters", field=path)
 
 
 def _storage_error(error: OSError) -> errors.RegistryError:
@@ -118,6 +156,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
         @functools.wraps(method)
         def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
+                _refuse_nul(request)
                 yield from method(self, request, context)
 
         return stream
@@ -126,6 +165,8 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
         with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
+            if isinstance(request, Message):  # a client stream is checked message by message
+                _refuse_nul(request)
             with self.store.db.connection_context() if hold_connection else contextlib.nullcontext():
                 return method(self, request, context)
         return response_type()
@@ -170,7 +211,7 @@ def _changes(mask_paths: list[str], message: Any, fields: tuple[str, ...]) -> di
             )
         value = getattr(message, path)
         if path == "metadata":
-            value = convert.from_struct(value)
+            value = convert.from_struct(value, path)
         elif path == "labels":
             value = list(value)
         changes[path] = value
@@ -211,8 +252,13 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self.wake_watchers()
 
     def _owner(self, context: grpc.ServicerContext) -> str:
-        """The principal making the call; empty until the server authenticates callers."""
-        return ""
+        """The principal making the call; empty on servers that do not authenticate callers."""
+        return auth.current().name
+
+    def _only_owner(self, context: grpc.ServicerContext) -> str | None:
+        """Whose objects the caller may delete: its own (editors), or anyone's (None: admins)."""
+        principal = auth.current()
+        return principal.name if principal.deletes_only_own else None
 
     # Models
 
@@ -221,7 +267,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         row = self.store.create_model(
             request.name,
             request.description,
-            convert.from_struct(request.metadata),
+            convert.from_struct(request.metadata, "metadata"),
             list(request.labels),
             request.notes,
             owner=self._owner(context),
@@ -264,7 +310,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def UpdateModelMetadata(
         self, request: pb.UpdateModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.UpdateModelMetadataResponse:
-        row = self.store.update_model_metadata(request.name, convert.from_struct(request.merge), list(request.remove_keys))
+        merge = convert.from_struct(request.merge, "merge")
+        row = self.store.update_model_metadata(request.name, merge, list(request.remove_keys))
         return pb.UpdateModelMetadataResponse(model=convert.model(row))
 
     @_rpc
@@ -279,7 +326,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     @_rpc
     def DeleteModel(self, request: pb.DeleteModelRequest, context: grpc.ServicerContext) -> pb.DeleteModelResponse:
-        self.store.delete_model(request.name)
+        self.store.delete_model(request.name, only_owner=self._only_owner(context))
         return pb.DeleteModelResponse()
 
     @_rpc
@@ -300,7 +347,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             name=request.name,
             comment=request.comment,
             labels=list(request.labels),
-            metadata=convert.from_struct(request.metadata),
+            metadata=convert.from_struct(request.metadata, "metadata"),
             notes=request.notes,
             owner=self._owner(context),
             checkpoint=_checkpoint_values(request.checkpoint, "checkpoint") if request.HasField("checkpoint") else None,
@@ -345,7 +392,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def DeleteModelVersion(
         self, request: pb.DeleteModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteModelVersionResponse:
-        self.store.delete_version(request.model_name, request.version)
+        self.store.delete_version(request.model_name, request.version, only_owner=self._only_owner(context))
         return pb.DeleteModelVersionResponse()
 
     # Checkpoints

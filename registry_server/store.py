@@ -20,6 +20,7 @@ from .errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
+    PermissionDenied,
     checkpoint_not_found,
     invalid,
     model_not_found,
@@ -415,9 +416,12 @@ class RegistryStore:
             self._event(EventKind.MODEL_ARCHIVED if archived else EventKind.MODEL_UNARCHIVED, name)
             return self._lock_model(name, editable=False, archived=archived)
 
-    def delete_model(self, name: str) -> None:
-        """Deletes the model; its versions and labels go with it (ON DELETE CASCADE)."""
+    def delete_model(self, name: str, only_owner: str | None = None) -> None:
+        """Deletes the model; its versions and labels go with it (ON DELETE CASCADE). With `only_owner`,
+        only when that principal owns the model."""
         with self._write():
+            if only_owner is not None:
+                _check_owner(self._lock_model(name, editable=False), only_owner, model_name=name)
             if not Model.delete().where(Model.name == name).execute():
                 raise model_not_found(name)
             self._event(EventKind.MODEL_DELETED, name)
@@ -586,10 +590,16 @@ class RegistryStore:
             self._event(EventKind.MODEL_VERSION_UPDATED, model_name, version=version)
         return self.get_version(model_name, version)
 
-    def delete_version(self, model_name: str, version: int) -> None:
+    def delete_version(self, model_name: str, version: int, only_owner: str | None = None) -> None:
+        """With `only_owner`, only when that principal owns the version or its model."""
         validation.version(version)
         with self._write():
             model = self._lock_model(model_name)
+            if only_owner is not None and model.owner != only_owner:
+                row = ModelVersion.get_or_none(ModelVersion.model == model.id, ModelVersion.version == version)
+                if row is None:
+                    raise version_not_found(model_name, version)
+                _check_owner(row, only_owner, model_name=model_name, version=version)
             # Aliases are moved under the same model row lock, so none can start pointing here now.
             pointing = [a for (a,) in ModelAlias.select(ModelAlias.alias).where(
                 ModelAlias.model == model.id, ModelAlias.version == version
@@ -902,6 +912,15 @@ def _refuse_in_use(checkpoint: Checkpoint) -> None:
     )
     if user is not None:
         raise _checkpoint_in_use(checkpoint.uuid, user.model.name, user.version)
+def _check_owner(row: Model | ModelVersion, principal: str, **names: object) -> None:
+    if row.owner != principal:
+        raise PermissionDenied(
+            "NOT_OWNER",
+            f"{principal!r} may delete only what it owns; this is owned by {row.owner!r}",
+            principal=principal,
+            owner=row.owner,
+            **names,
+        )
 
 
 def _checkpoint_in_use(uuid: str, model_name: str, version: int) -> FailedPrecondition:

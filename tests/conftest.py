@@ -3,8 +3,10 @@ on it, and a real registry server on it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
@@ -22,11 +24,12 @@ def pytest_report_header() -> str:
     return f"PostgreSQL tests: {'on ' + POSTGRES_URL if POSTGRES_URL else 'skipped (MODEL_REGISTRY_TEST_POSTGRES_URL unset)'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """A URL of an empty database: a new SQLite file, or a new schema of the test PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/registry.db"
+@contextlib.contextmanager
+def empty_database(kind: str, directory: Path) -> Iterator[str]:
+    """A URL of an empty database: a new SQLite file in `directory`, or a new schema of the test
+    PostgreSQL (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory}/registry.db"
         return
     if not POSTGRES_URL:
         pytest.skip("MODEL_REGISTRY_TEST_POSTGRES_URL is not set")
@@ -42,6 +45,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     finally:
         admin.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database, on each database in turn."""
+    with empty_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -74,3 +84,22 @@ def registry_server(database_url: str, storage_dir: str) -> Iterator[RegistrySer
 def registry_target(registry_server: RegistryServer) -> str:
     """host:port of a real registry server on an empty database."""
     return f"127.0.0.1:{registry_server.port}"
+
+
+# Principals of the token file the secured servers of the tests read: TOKEN PRINCIPAL ROLE.
+TOKENS = {
+    "admin": ("admin-token-0123456789", "root", "admin"),
+    "alice": ("alice-token-0123456789", "alice", "editor"),
+    "bob": ("bob-token-0123456789", "bob", "editor"),
+    "viewer": ("viewer-token-0123456789", "carol", "viewer"),
+}
+
+
+def write_tokens(path: Path, entries: dict[str, tuple[str, str, str]] = TOKENS) -> str:
+    path.write_text("# token principal role\n" + "".join(" ".join(entry) + "\n" for entry in entries.values()))
+    return str(path)
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> str:
+    return write_tokens(tmp_path / "tokens")

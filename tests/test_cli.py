@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import uuid
 
 import pytest
 
 from registry_client import Registry
 from registry_client.cli import main
+
+from .servers import console_script
 
 
 @pytest.fixture
@@ -209,8 +209,8 @@ def test_target_from_environment(registry_target: str, monkeypatch, capsys) -> N
 
 
 def test_console_script_subprocess(registry_target: str) -> None:
-    script = shutil.which("model-registry")
-    command = [script] if script else [sys.executable, "-m", "registry_client.cli"]
+    # The script of the environment running the tests, not whichever one PATH finds first.
+    command = [console_script("model-registry")]
     env = {**os.environ, "MODEL_REGISTRY_TARGET": registry_target}
 
     created = subprocess.run(

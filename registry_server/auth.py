@@ -1,0 +1,156 @@
+"""Who is calling and what they may do: bearer tokens read from a file, roles, and the principal of
+the call in progress."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+VIEWER, EDITOR, ADMIN = "viewer", "editor", "admin"
+ROLES = (VIEWER, EDITOR, ADMIN)  # each role may do everything the ones before it may
+
+# The role each RPC needs; RPCs not named here need EDITOR. Checkpoints record no owner, so only an
+# admin may delete one (an editor may delete only what it owns).
+READ_PREFIXES = ("Get", "List", "Watch", "Download")
+REQUIRED_ROLE = {"DeleteCheckpoint": ADMIN}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: its name (recorded as `owner`) and its role."""
+
+    name: str
+    role: str
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    @property
+    def deletes_only_own(self) -> bool:
+        return self.role != ADMIN
+
+
+# Servers without a token file let everyone do everything, and record no owner.
+ANONYMOUS = Principal("", ADMIN)
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)
+
+
+def current() -> Principal:
+    """The principal of the call this thread is serving."""
+    return _current.get()
+
+
+def set_current(principal: Principal) -> contextvars.Token[Principal]:
+    return _current.set(principal)
+
+
+def reset_current(token: contextvars.Token[Principal]) -> None:
+    _current.reset(token)
+
+
+def required_role(rpc: str) -> str:
+    return REQUIRED_ROLE.get(rpc, VIEWER if rpc.startswith(READ_PREFIXES) else EDITOR)
+
+
+def authorize(principal: Principal, rpc: str) -> None:
+    """Raises PermissionDenied unless the principal's role allows the RPC."""
+    needed = required_role(rpc)
+    if not principal.may(needed):
+        raise PermissionDenied(
+            "ROLE_NOT_ALLOWED",
+            f"{rpc} needs the {needed} role; {principal.name!r} is a {principal.role}",
+            rpc=rpc,
+            principal=principal.name,
+            role=principal.role,
+            required_role=needed,
+        )
+
+
+def parse_tokens(text: str) -> list[tuple[bytes, Principal]]:
+    """`TOKEN PRINCIPAL ROLE` a line, `#` starts a comment. Errors name the line, never the token."""
+    entries: list[tuple[bytes, Principal]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise ValueError(f"line {number}: expected TOKEN PRINCIPAL ROLE, got {len(fields)} fields")
+        token, name, role = fields
+        if role not in ROLES:
+            raise ValueError(f"line {number}: unknown role {role!r}; one of {', '.join(ROLES)}")
+        digest = _digest(token)
+        if any(hmac.compare_digest(digest, seen) for seen, _ in entries):
+            raise ValueError(f"line {number}: the same token appears twice")
+        entries.append((digest, Principal(name, role)))
+    return entries
+
+
+def _digest(token: str) -> bytes:
+    # Comparing fixed-length digests keeps the comparison's time independent of the token's length.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class TokenFile:
+    """The tokens of `--auth-tokens FILE`: read at start (errors raise), and again on `reload`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._entries = parse_tokens(Path(path).read_text())
+
+    def reload(self) -> bool:
+        """Reads the file again; on an error keeps the tokens it had and logs why (never a token)."""
+        try:
+            entries = parse_tokens(Path(self.path).read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            log.error("auth tokens not reloaded from %s, keeping the previous ones: %s", self.path, error)
+            return False
+        self._entries = entries
+        log.info("auth tokens reloaded from %s: %d principals", self.path, len(entries))
+        return True
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an `authorization: Bearer TOKEN` value; Unauthenticated when there is none."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("MISSING_TOKEN", "send the metadata `authorization: Bearer TOKEN`")
+        presented = _digest(token.strip())
+        found = None
+        for digest, principal in self._entries:  # every entry, so the time taken tells nothing
+            if hmac.compare_digest(digest, presented):
+                found = principal
+        if found is None:
+            raise Unauthenticated("INVALID_TOKEN", "the bearer token is not valid")
+        return found
+
+
+def check_exposure(host: str, has_tokens: bool, allow_unauthenticated: bool) -> None:
+    """Without tokens every caller may do everything: refuses (ValueError) to serve that beyond this
+    machine unless explicitly allowed, and warns when it is."""
+    if has_tokens or is_loopback(host):
+        return
+    if not allow_unauthenticated:
+        raise ValueError(
+            f"refusing to serve {host} without authentication: give --auth-tokens FILE, "
+            "or --insecure-allow-unauthenticated to let anyone who can reach it do anything"
+        )
+    log.warning("serving %s WITHOUT authentication: anyone who can reach it may do anything", host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

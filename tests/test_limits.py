@@ -1,0 +1,116 @@
+"""Every documented limit, enforced by a real server: the status, the ErrorInfo reason, and nothing
+written by a request over a limit."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import pytest
+
+from modelregistry.v1 import registry_service_pb2 as pb
+from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+from registry_client import Registry
+from registry_client.errors import InvalidArgumentError, ResourceExhaustedError
+from registry_server import validation
+from registry_server.server import MAX_REQUEST_BYTES, build_server
+from registry_server.store import RegistryStore
+
+KIB = 1024
+
+
+def over_limit(registry: Registry, reason: str, attempt: Callable[[], Any]) -> None:
+    with pytest.raises(InvalidArgumentError) as refused:
+        attempt()
+    assert refused.value.reason == reason
+
+
+def test_field_limits(registry_target: str) -> None:
+    with Registry(registry_target, timeout=30) as registry:
+        longest = "n" * validation.MAX_NAME_LENGTH
+        assert registry.create_model(longest).name == longest
+        over_limit(registry, "INVALID_NAME", lambda: registry.create_model(longest + "n"))
+
+        big = {"blob": "x" * validation.MAX_METADATA_BYTES}
+        over_limit(registry, "VALUE_TOO_LARGE", lambda: registry.create_model("a", metadata=big))
+        over_limit(registry, "VALUE_TOO_LONG", lambda: registry.create_model("a", notes="é" * (32 * KIB + 1)))
+        labels = [f"l{i}" for i in range(validation.MAX_LABELS + 1)]
+        over_limit(registry, "TOO_MANY_LABELS", lambda: registry.create_model("a", labels=labels))
+        model = registry.create_model("a", labels=labels[:-1], notes="é" * (32 * KIB))
+        assert len(model.labels) == validation.MAX_LABELS
+
+        over_limit(registry, "VALUE_TOO_LARGE", lambda: model.add_metadata(big))
+        over_limit(registry, "TOO_MANY_LABELS", lambda: model.set_labels(labels))
+        over_limit(registry, "VALUE_TOO_LONG", lambda: model.set_description("d" * (validation.MAX_TEXT_LENGTH + 1)))
+        checkpoint = registry.create_checkpoint()
+        version = model.register_version(checkpoint.uuid)
+        over_limit(registry, "VALUE_TOO_LONG", lambda: version.set_notes("x" * (validation.MAX_NOTES_BYTES + 1)))
+        over_limit(registry, "TOO_MANY_LABELS", lambda: version.set_labels(labels))
+        huge_metrics = {"m": "x" * validation.MAX_CHECKPOINT_JSON_BYTES}
+        over_limit(registry, "VALUE_TOO_LARGE", lambda: registry.create_checkpoint(metrics=huge_metrics))
+
+        # Nothing of the refused requests was written.
+        model.reload()
+        assert (model.metadata, len(model.labels), model.description) == ({}, validation.MAX_LABELS, "")
+        assert [m.name for m in registry.get_models()] == ["a", longest]
+        assert len(registry.get_checkpoints()) == 1
+        assert registry.get_model("a").get_version().notes == ""
+
+
+def test_page_size_is_lowered_to_the_maximum_and_negative_is_refused(
+    registry_target: str, store: RegistryStore
+) -> None:
+    with store.db.atomic():
+        for _ in range(validation.MAX_PAGE_SIZE + 1):
+            store.create_checkpoint({})
+    with grpc.insecure_channel(registry_target) as channel:
+        stub = pb_grpc.ModelRegistryServiceStub(channel)
+        page = stub.ListCheckpoints(pb.ListCheckpointsRequest(page_size=5000), timeout=30)
+        assert len(page.checkpoints) == validation.MAX_PAGE_SIZE
+        assert page.next_page_token and page.total_size == validation.MAX_PAGE_SIZE + 1
+        assert len(stub.ListCheckpoints(pb.ListCheckpointsRequest(), timeout=30).checkpoints) == 50
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListCheckpoints(pb.ListCheckpointsRequest(page_size=-1), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_requests_over_the_size_limit_are_resource_exhausted(database_url: str) -> None:
+    running = build_server(database_url, "127.0.0.1", 0, max_request_bytes=64 * KIB)
+    try:
+        with Registry(f"127.0.0.1:{running.port}", timeout=30) as registry:
+            with pytest.raises(ResourceExhaustedError):
+                registry.create_model("m", notes="n" * (64 * KIB))
+            assert registry.create_model("m", notes="n" * (60 * KIB)).name == "m"
+            assert [m.name for m in registry.get_models()] == ["m"]
+    finally:
+        running.stop(grace=None)
+    assert MAX_REQUEST_BYTES == 4 * KIB * KIB  # the documented default
+
+
+def test_calls_over_the_concurrency_limit_are_refused_not_queued(tmp_path: Path) -> None:
+    """Four writers at once, with the limit at two and the database locked by this test: two wait
+    for the lock, the other two are refused at once, and the two admitted finish once it is free."""
+    path = tmp_path / "registry.db"
+    running = build_server(f"sqlite:///{path}", "127.0.0.1", 0, max_concurrent_rpcs=2)
+    lock = sqlite3.connect(path, isolation_level=None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.ModelRegistryServiceStub(channel)
+            lock.execute("BEGIN IMMEDIATE")
+            finished: queue.Queue[grpc.Future] = queue.Queue()
+            writers = {stub.CreateModel.future(pb.CreateModelRequest(name=n), timeout=60): n for n in "abcd"}
+            for writer in writers:
+                writer.add_done_callback(finished.put)
+            refused = [finished.get(timeout=8), finished.get(timeout=8)]  # while the lock is still held
+            assert [w.code() for w in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+            lock.execute("ROLLBACK")
+            admitted = sorted(writers[w] for w in writers if w not in refused)
+            assert sorted(w.result().model.name for w in writers if w not in refused) == admitted
+            names = [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models]
+            assert names == admitted
+    finally:
+        lock.close()
+        running.stop(grace=10)
