@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import peewee as pw
 
 from . import paging, validation
+from .prepared import PreparedQuery, param
 from .db import is_sqlite
 from .errors import (
     AlreadyExists,
@@ -80,6 +81,11 @@ class RegistryStore:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self._sqlite = is_sqlite(db)
+        # The hot reads, built once (see prepared.py); the tables must be bound to `db` already.
+        self._model_by_name = PreparedQuery(Model.select().where(Model.name == param("name")).limit(1))
+        versions = self._versions().where(Model.name == param("model_name"))
+        self._latest_version = PreparedQuery(versions.order_by(ModelVersion.version.desc()).limit(1))
+        self._version = PreparedQuery(versions.where(ModelVersion.version == param("version")).limit(1))
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -117,7 +123,7 @@ class RegistryStore:
         return model
 
     def get_model(self, name: str) -> Model:
-        model = Model.get_or_none(Model.name == name)
+        model = self._model_by_name.first(self.db, name=name)
         if model is None:
             raise model_not_found(name)
         return model
@@ -280,10 +286,10 @@ class RegistryStore:
     def get_version(self, model_name: str, version: int = 0) -> ModelVersion:
         """One version; version 0 is the latest (highest live number)."""
         validation.version(version, allow_latest=True)
-        query = self._versions().where(Model.name == model_name)
         if version:
-            query = query.where(ModelVersion.version == version)
-        row = query.order_by(ModelVersion.version.desc()).first()
+            row = self._version.first(self.db, model_name=model_name, version=version)
+        else:
+            row = self._latest_version.first(self.db, model_name=model_name)
         if row is None:
             self.get_model(model_name)  # MODEL_NOT_FOUND rather than MODEL_VERSION_NOT_FOUND
             raise version_not_found(model_name, version)
