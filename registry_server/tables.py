@@ -93,4 +93,14 @@ class ModelVersion(Table):
         indexes = ((("model", "version"), True),)
 
 
-ALL_TABLES = [Model, ModelLabel, Checkpoint, ModelVersion]
+class ModelCount(Table):
+    """One row: the number of models, kept by triggers on `model` (migration 0002), so that an
+    unfiltered ListModels need not count 100,000 rows for its total_size."""
+
+    models = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "model_count"
+
+
+ALL_TABLES = [Model, ModelLabel, Checkpoint, ModelVersion, ModelCount]
