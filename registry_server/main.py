@@ -44,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads serving calls in each process, and database connections in its pool (default: %(default)s)",
     )
     parser.add_argument(
+        "--sqlite-synchronous",
+        choices=database.SQLITE_SYNCHRONOUS,
+        default=env("MODEL_REGISTRY_SQLITE_SYNCHRONOUS", "full"),
+        help="full: every acknowledged write survives a power cut (one fsync per commit); normal: it survives "
+        "a crash of the server but not of the machine, and writes are faster (env MODEL_REGISTRY_SQLITE_SYNCHRONOUS; "
+        "default full)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds calls in flight get to finish on SIGTERM (default: %(default)s)"
     )
     parser.add_argument(
@@ -66,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "") -> int:
     """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0."""
     try:
-        running = build_server(args.database_url, args.host, port, max_workers=args.threads, reuse_port=reuse_port)
+        running = build_server(
+            args.database_url,
+            args.host,
+            port,
+            max_workers=args.threads,
+            reuse_port=reuse_port,
+            sqlite_synchronous=args.sqlite_synchronous,
+        )
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)
         return 1

@@ -67,12 +67,13 @@ def build_server(
     *,
     max_workers: int = DEFAULT_WORKERS,
     reuse_port: bool = False,
+    sqlite_synchronous: str = "full",
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
     over them; without it, binding a port that is taken fails instead of silently sharing it."""
-    db = database.connect(database_url, max_connections=max_workers + 4)
+    db = database.connect(database_url, max_connections=max_workers + 4, sqlite_synchronous=sqlite_synchronous)
     database.migrate(db)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import peewee as pw
 
 from . import paging, validation
-from .prepared import PreparedQuery, param
+from .prepared import PreparedQuery, insert_returning, param
 from .db import is_sqlite
 from .errors import (
     AlreadyExists,
@@ -91,6 +91,25 @@ class RegistryStore:
         versions = self._versions().where(Model.name == param("model_name"))
         self._latest_version = PreparedQuery(versions.order_by(ModelVersion.version.desc()).limit(1))
         self._version = PreparedQuery(versions.where(ModelVersion.version == param("version")).limit(1))
+        self._checkpoint_by_uuid = PreparedQuery(Checkpoint.select().where(Checkpoint.uuid == param("uuid")).limit(1))
+        # The hot writes: CreateModel and CreateModelVersion.
+        self._insert_model = insert_returning(
+            Model, [getattr(Model, f) for f in ("name", "owner", "creation_time", "last_updated_time", *MODEL_FIELDS)]
+        )
+        self._insert_version = insert_returning(
+            ModelVersion,
+            [getattr(ModelVersion, f) for f in
+             ("model", "version", "checkpoint", "owner", "creation_time", "last_updated_time", *VERSION_FIELDS)],
+        )
+        next_version = Model.last_assigned_version + 1
+        self._take_version_number = PreparedQuery(
+            Model.update(
+                last_assigned_version=next_version,
+                latest_version=next_version,
+                num_versions=Model.num_versions + 1,
+                last_updated_time=param("now", Model.last_updated_time),
+            ).where(Model.name == param("name")).returning(Model)
+        )
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -121,8 +140,8 @@ class RegistryStore:
         now = now_us()
         try:
             with self._write():
-                model = Model.create(creation_time=now, last_updated_time=now, **values)
-                self._set_label_rows(model.id, values["labels"])
+                model = self._insert_model.first(self.db, creation_time=now, last_updated_time=now, **values)
+                self._add_label_rows(model.id, values["labels"])
         except pw.IntegrityError:
             raise AlreadyExists("MODEL_ALREADY_EXISTS", f"model {name!r} already exists", model_name=name)
         return model
@@ -171,13 +190,18 @@ class RegistryStore:
         total = select().count() if filters else ModelCount.select(ModelCount.models).scalar()
         return paging.Page(rows, token, total)
 
-    def _lock_model(self, model_name: str, *, editable: bool = True, **changes: Any) -> Model:
+    def _lock_model(
+        self, model_name: str, *, editable: bool = True, prepared: PreparedQuery | None = None, **changes: Any
+    ) -> Model:
         """Updates the model row first, so that the row (PostgreSQL) or the database (SQLite) is locked
         before anything is read; returns the row as updated. Refuses archived models when `editable`.
-        Call inside a write transaction: raising rolls the update back."""
-        changes.setdefault("last_updated_time", now_us())
-        query = Model.update(**changes).where(Model.name == model_name).returning(Model)
-        model = next(iter(query.execute()), None)
+        `prepared`: an UPDATE built once, run with `changes` as its values. Call inside a write
+        transaction: raising rolls the update back."""
+        if prepared is not None:
+            model = prepared.first(self.db, name=model_name, **changes)
+        else:
+            changes.setdefault("last_updated_time", now_us())
+            model = next(iter(Model.update(**changes).where(Model.name == model_name).returning(Model).execute()), None)
         if model is None:
             raise model_not_found(model_name)
         if editable and model.archived:
@@ -188,6 +212,9 @@ class RegistryStore:
 
     def _set_label_rows(self, model_id: int, labels: list[str]) -> None:
         ModelLabel.delete().where(ModelLabel.model == model_id).execute()
+        self._add_label_rows(model_id, labels)
+
+    def _add_label_rows(self, model_id: int, labels: list[str]) -> None:
         if labels:
             ModelLabel.insert_many([(model_id, label) for label in labels], [ModelLabel.model, ModelLabel.label]).execute()
 
@@ -261,14 +288,8 @@ class RegistryStore:
         with self._write():
             # The counter is bumped by the UPDATE that locks the row: two registrations cannot read
             # the same number, and a number is never handed out twice, even after deletes.
-            model = self._lock_model(
-                model_name,
-                last_assigned_version=Model.last_assigned_version + 1,
-                latest_version=Model.last_assigned_version + 1,
-                num_versions=Model.num_versions + 1,
-                last_updated_time=now,
-            )
-            checkpoint = Checkpoint.get_or_none(Checkpoint.uuid == checkpoint_uuid)
+            model = self._lock_model(model_name, prepared=self._take_version_number, now=now)
+            checkpoint = self._checkpoint_by_uuid.first(self.db, uuid=checkpoint_uuid)
             if checkpoint is None:
                 raise checkpoint_not_found(checkpoint_uuid)
             if checkpoint.state != STATE_COMPLETED:
@@ -277,15 +298,17 @@ class RegistryStore:
                     f"checkpoint {checkpoint_uuid!r} is not COMPLETED",
                     checkpoint_uuid=checkpoint_uuid,
                 )
-            version = ModelVersion.create(
-                model=model,
+            version = self._insert_version.first(
+                self.db,
+                model=model.id,
                 version=model.last_assigned_version,
-                checkpoint=checkpoint,
+                checkpoint=checkpoint.id,
                 owner=owner,
                 creation_time=now,
                 last_updated_time=now,
                 **values,
             )
+        version.model, version.checkpoint = model, checkpoint
         return version
 
     def _versions(self) -> pw.ModelSelect:
@@ -389,7 +412,7 @@ class RegistryStore:
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
         uuid = _checkpoint_uuid(uuid)
-        checkpoint = Checkpoint.get_or_none(Checkpoint.uuid == uuid)
+        checkpoint = self._checkpoint_by_uuid.first(self.db, uuid=uuid)
         if checkpoint is None:
             raise checkpoint_not_found(uuid)
         return checkpoint
