@@ -163,7 +163,7 @@ class RegistryStore:
 
         filters = []
         if query.name:
-            filters.append(Model.name.contains(query.name))
+            filters.append(self._name_contains(query.name))
         if query.description:
             filters.append(Model.description.contains(query.description))
         for label in query.labels:
@@ -189,6 +189,14 @@ class RegistryStore:
         # which costs what the filter's scan costs (a name or description substring scans every row).
         total = select().count() if filters else ModelCount.select(ModelCount.models).scalar()
         return paging.Page(rows, token, total)
+
+    def _name_contains(self, text: str) -> pw.Expression:
+        """Models whose name contains `text`, case-insensitively. On SQLite, texts of three or more
+        characters are looked up in the trigram index of migration 0003 (its LIKE takes no ESCAPE, so
+        texts with LIKE wildcards take the scan)."""
+        if self._sqlite and len(text) >= 3 and not any(c in text for c in "%_\\"):
+            return Model.id.in_(pw.SQL("(SELECT rowid FROM model_name_search WHERE name LIKE ?)", [f"%{text}%"]))
+        return Model.name.contains(text)
 
     def _lock_model(
         self, model_name: str, *, editable: bool = True, prepared: PreparedQuery | None = None, **changes: Any
