@@ -89,7 +89,9 @@ class RegistryStore:
         # The hot reads, built once (see prepared.py); the tables must be bound to `db` already.
         self._model_by_name = PreparedQuery(Model.select().where(Model.name == param("name")).limit(1))
         versions = self._versions().where(Model.name == param("model_name"))
-        self._latest_version = PreparedQuery(versions.order_by(ModelVersion.version.desc()).limit(1))
+        # The model row knows its latest number: one (model, version) index lookup, where ORDER BY
+        # version DESC LIMIT 1 made PostgreSQL read and sort all of the model's versions.
+        self._latest_version = PreparedQuery(versions.where(ModelVersion.version == Model.latest_version).limit(1))
         self._version = PreparedQuery(versions.where(ModelVersion.version == param("version")).limit(1))
         self._checkpoint_by_uuid = PreparedQuery(Checkpoint.select().where(Checkpoint.uuid == param("uuid")).limit(1))
         # The hot writes: CreateModel and CreateModelVersion.
