@@ -41,7 +41,7 @@ $(BUF):
 lint: $(BUF)
 	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
 
-## bench: throughput and latency beside a no-op gRPC baseline (see bench/README.md)
+## bench: throughput and latency beside a no-op gRPC baseline, scale, memory, start-up (README.md, Performance)
 bench: install
 	$(BIN)/python -m bench $(ARGS)
 

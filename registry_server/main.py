@@ -80,6 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "this process's own commits wake it at once (default: %(default)s)",
     )
     parser.add_argument(
+        "--sqlite-synchronous",
+        choices=database.SQLITE_SYNCHRONOUS,
+        default=env("MODEL_REGISTRY_SQLITE_SYNCHRONOUS", "full"),
+        help="full: every acknowledged write survives a power cut (one fsync per commit); normal: it survives "
+        "a crash of the server but not of the machine, and writes are faster (env MODEL_REGISTRY_SQLITE_SYNCHRONOUS; "
+        "default full)",
+    )
+    parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds calls in flight get to finish on SIGTERM (default: %(default)s)"
     )
     parser.add_argument(
@@ -161,6 +169,7 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
             tls=_tls(args),
             max_request_bytes=args.max_request_bytes,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            sqlite_synchronous=args.sqlite_synchronous,
         )
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)

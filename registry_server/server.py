@@ -157,6 +157,7 @@ def build_server(
     tls: TlsFiles | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    sqlite_synchronous: str = "full",
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
@@ -171,7 +172,7 @@ def build_server(
     tokens = auth.TokenFile(auth_tokens) if auth_tokens is not None else None
     credentials = tls.credentials() if tls is not None else None
     storage = storage or open_storage(database_url)
-    db = database.connect(database_url, max_connections=max_workers + 4)
+    db = database.connect(database_url, max_connections=max_workers + 4, sqlite_synchronous=sqlite_synchronous)
     database.migrate(db)
     interceptor = RegistryInterceptor(SERVICE_NAME, tokens)
     server = grpc.server(

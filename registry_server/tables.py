@@ -163,4 +163,16 @@ class RequestRecord(Table):
         table_name = "request_record"
 
 
-ALL_TABLES = [Model, ModelLabel, Checkpoint, ModelVersion, ModelAlias, AliasChange, Event, EventCounter, RequestRecord]
+class ModelCount(Table):
+    """One row: the number of models, kept by triggers on `model` (migration 0004), so that an
+    unfiltered ListModels need not count 100,000 rows for its total_size."""
+
+    models = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "model_count"
+
+
+ALL_TABLES = [
+    Model, ModelLabel, Checkpoint, ModelVersion, ModelAlias, AliasChange, Event, EventCounter, RequestRecord, ModelCount
+]

@@ -13,11 +13,14 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+from registry_server import db as database
+from registry_server.main import parse_args
 
 SERVICE = "modelregistry.v1.ModelRegistryService"
 
@@ -142,3 +145,16 @@ def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_python_dash_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "registry_server", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--database-url" in result.stdout
+
+
+def test_sqlite_synchronous_is_full_unless_asked(tmp_path: Path) -> None:
+    """Durability is the default: synchronous=FULL (2); NORMAL (1) only with --sqlite-synchronous."""
+    url = f"sqlite:///{tmp_path}/registry.db"
+    for flags, expected in (([], 2), (["--sqlite-synchronous", "normal"], 1)):
+        args = parse_args(["--database-url", url, *flags])
+        db = database.connect(args.database_url, sqlite_synchronous=args.sqlite_synchronous)
+        with db.connection_context():
+            assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == expected
+        db.close_all()
+    with pytest.raises(SystemExit):
+        parse_args(["--sqlite-synchronous", "off"])

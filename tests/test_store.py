@@ -337,3 +337,22 @@ def test_list_checkpoints_filters_and_top_by_metric(store: RegistryStore) -> Non
     assert walk(CheckpointQuery(experiment_id=1, sort_by_metric="loss")) == [6, 0, 2, 4]
     assert walk(CheckpointQuery()) == list(range(7))
     assert walk(CheckpointQuery(sort_by_metric='we"ird')) == list(range(7))
+
+
+def test_name_filter_and_total_follow_creates_renames_and_deletes(store: RegistryStore) -> None:
+    """The name filter (a trigram index on SQLite) and the model count (kept by triggers) stay exact
+    as models come, are renamed and go; wildcard characters match themselves."""
+    for name in ("Fraud_Detector", "fraud-v2", "spam", "a%b"):
+        store.create_model(name)
+    names = lambda query: sorted(m.name for m in store.list_models(query).rows)  # noqa: E731
+    assert names(ModelQuery(name="FRAUD")) == ["Fraud_Detector", "fraud-v2"]
+    assert store.list_models(ModelQuery(name="FRAUD")).total_size == 2
+    assert store.list_models(ModelQuery()).total_size == 4
+    store.rename_model("spam", "fraud-spam")
+    store.delete_model("fraud-v2")
+    assert names(ModelQuery(name="fraud")) == ["Fraud_Detector", "fraud-spam"]
+    assert names(ModelQuery(name="spam")) == ["fraud-spam"]
+    assert names(ModelQuery(name="d_D")) == ["Fraud_Detector"]
+    assert names(ModelQuery(name="%")) == ["a%b"]
+    assert names(ModelQuery(name="fr")) == ["Fraud_Detector", "fraud-spam"]
+    assert store.list_models(ModelQuery()).total_size == 3
