@@ -1,16 +1,14 @@
 """Queries built once and run many times.
 
 Measured on this machine, peewee spends ~200 us building the SQL of a point select and ~10 us running
-it, and a CreateModelVersion spent 2 of its 2.7 ms building its three statements. The hot paths
-(GetModel, GetModelVersion, CreateModel, CreateModelVersion) therefore build their queries once per
+it. The hot reads (GetModel, GetModelVersion, GetCheckpoint) therefore build their queries once per
 store, with named placeholders where the request's values go, and each call only binds the values and
 runs the SQL. Rows are read by the query's own cursor wrapper, so models, joins and JSON fields come
 out exactly as from the query run the ordinary way."""
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import peewee as pw
 
@@ -18,22 +16,16 @@ import peewee as pw
 class Param:
     """A placeholder in a prepared query, filled by name when it runs."""
 
-    def __init__(self, name: str, to_db: Callable[[Any], Any] | None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.to_db = to_db
 
     def bind(self, values: dict[str, Any]) -> Any:
-        value = values[self.name]
-        return self.to_db(value) if self.to_db else value
+        return values[self.name]
 
 
-def param(name: str, field: pw.Field | None = None) -> pw.Value:
-    """A value node that peewee passes through unconverted, so that it lands in the SQL's parameters;
-    `field` converts the value when it is bound, as peewee would have (JSON, booleans, keys)."""
-    if isinstance(field, pw.JSONField) and isinstance(field.db_value({}), pw.Node):
-        # SQLite: peewee writes JSON as json(?) with the text as the parameter.
-        return pw.fn.json(pw.Value(Param(name, json.dumps), converter=False))
-    return pw.Value(Param(name, field.db_value if field else None), converter=False)
+def param(name: str) -> pw.Value:
+    """A value node that peewee passes through unconverted, so that it lands in the SQL's parameters."""
+    return pw.Value(Param(name), converter=False)
 
 
 class PreparedQuery:
@@ -65,7 +57,3 @@ class PreparedQuery:
             cursor.close()  # ends SQLite's read snapshot now, not when the cursor is collected
         return reader.process_row(row)
 
-
-def insert_returning(table: type[pw.Model], fields: Iterable[pw.Field]) -> PreparedQuery:
-    """INSERT of these columns (each a placeholder named as the field) returning the new row."""
-    return PreparedQuery(table.insert({f: param(f.name, f) for f in fields}).returning(table))

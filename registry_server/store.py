@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import peewee as pw
 
 from . import paging, validation
-from .prepared import PreparedQuery, insert_returning, param
+from .prepared import PreparedQuery, param
 from .db import is_sqlite
 from .errors import (
     AlreadyExists,
@@ -380,18 +380,12 @@ class RegistryStore:
             return Model.id.in_(pw.SQL("(SELECT rowid FROM model_name_search WHERE name LIKE ?)", [f"%{text}%"]))
         return Model.name.contains(text)
 
-    def _lock_model(
-        self, model_name: str, *, editable: bool = True, prepared: PreparedQuery | None = None, **changes: Any
-    ) -> Model:
+    def _lock_model(self, model_name: str, *, editable: bool = True, **changes: Any) -> Model:
         """Updates the model row first, so that the row (PostgreSQL) or the database (SQLite) is locked
         before anything is read; returns the row as updated. Refuses archived models when `editable`.
-        `prepared`: an UPDATE built once, run with `changes` as its values. Call inside a write
-        transaction: raising rolls the update back."""
-        if prepared is not None:
-            model = prepared.first(self.db, name=model_name, **changes)
-        else:
-            changes.setdefault("last_updated_time", now_us())
-            model = next(iter(Model.update(**changes).where(Model.name == model_name).returning(Model).execute()), None)
+        Call inside a write transaction: raising rolls the update back."""
+        changes.setdefault("last_updated_time", now_us())
+        model = next(iter(Model.update(**changes).where(Model.name == model_name).returning(Model).execute()), None)
         if model is None:
             raise model_not_found(model_name)
         if editable and model.archived:
@@ -402,9 +396,6 @@ class RegistryStore:
 
     def _set_label_rows(self, model_id: int, labels: list[str]) -> None:
         ModelLabel.delete().where(ModelLabel.model == model_id).execute()
-        self._add_label_rows(model_id, labels)
-
-    def _add_label_rows(self, model_id: int, labels: list[str]) -> None:
         if labels:
             ModelLabel.insert_many([(model_id, label) for label in labels], [ModelLabel.model, ModelLabel.label]).execute()
 
