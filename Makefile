@@ -39,7 +39,7 @@ $(BUF):
 
 ## lint: buf lint (STANDARD) and buf format on the protos
 lint: $(BUF)
-	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
+	$(BUF) lint && $(BUF) format -d --exit-code
 
 ## bench: throughput and latency beside a no-op gRPC baseline, scale, memory, start-up (README.md, Performance)
 bench: install
