@@ -194,7 +194,10 @@ def build_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{host}:{port}"
-    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older releases returned 0: the port is taken
+        bound = 0
     if not bound:
         db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")

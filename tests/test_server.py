@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from registry_server import db as database
 from registry_server.main import parse_args
+from tests.servers import ServerProcess, console_script
 
 SERVICE = "modelregistry.v1.ModelRegistryService"
 
@@ -28,13 +28,6 @@ SERVICE = "modelregistry.v1.ModelRegistryService"
 def stub(target: str) -> tuple[grpc.Channel, pb_grpc.ModelRegistryServiceStub]:
     channel = grpc.insecure_channel(target)
     return channel, pb_grpc.ModelRegistryServiceStub(channel)
-
-
-def console_script(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    assert found, f"{name} is not installed"
-    return found
 
 
 def test_reflection_lists_and_describes_the_services(registry_target: str) -> None:
@@ -158,3 +151,15 @@ def test_sqlite_synchronous_is_full_unless_asked(tmp_path: Path) -> None:
         db.close_all()
     with pytest.raises(SystemExit):
         parse_args(["--sqlite-synchronous", "off"])
+
+
+def test_a_taken_port_is_one_clear_error_line(tmp_path: Path) -> None:
+    with ServerProcess(f"sqlite:///{tmp_path}/a.db") as first:
+        port = first.target.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [console_script("model-registry-server"), "--port", port, "--database-url", f"sqlite:///{tmp_path}/b.db"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot start: cannot bind 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
