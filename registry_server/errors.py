@@ -37,16 +37,8 @@ class PermissionDenied(RegistryError):
     """The caller is known but its role or ownership does not allow the request."""
 
 
-class ResourceExhausted(RegistryError):
-    """The request exceeds a limit on what one caller may use at once."""
-
-
 class Unavailable(RegistryError):
     """The database cannot be reached or is busy; the request may be retried."""
-
-
-class ResourceExhausted(RegistryError):
-    """A resource of the registry (e.g. its file storage) is exhausted."""
 
 
 class Aborted(RegistryError):
@@ -54,7 +46,12 @@ class Aborted(RegistryError):
 
 
 class ResourceExhausted(RegistryError):
-    """The server is at a limit it sets itself (e.g. concurrent watchers); retry later or elsewhere."""
+    """A limit is reached: one the server sets itself (e.g. concurrent streams), or one of its
+    resources (e.g. its file storage is full)."""
+
+
+class DataLoss(RegistryError):
+    """Stored data is missing or damaged (e.g. a checkpoint file gone from storage): retrying will not help."""
 
 
 def model_not_found(name: str) -> NotFound:

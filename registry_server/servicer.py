@@ -43,7 +43,7 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
 }
 # WatchEvents: how often a stream looks for events committed through other replicas (its own
 # server's commits wake it at once), and how many events it reads per query.
