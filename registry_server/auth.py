@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def authorize(principal: Principal, rpc: str) -> None:
 
 
 def parse_tokens(text: str) -> list[tuple[bytes, Principal]]:
-    """`TOKEN PRINCIPAL ROLE` a line, `#` starts a comment. Errors name the line, never the token."""
+    """`TOKEN PRINCIPAL ROLE` a line, `#` starts a comment. Errors name the line number and never any
+    field of it: a line written in the wrong order could hold the token in any place."""
     entries: list[tuple[bytes, Principal]] = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
@@ -86,11 +88,13 @@ def parse_tokens(text: str) -> list[tuple[bytes, Principal]]:
             raise ValueError(f"line {number}: expected TOKEN PRINCIPAL ROLE, got {len(fields)} fields")
         token, name, role = fields
         if role not in ROLES:
-            raise ValueError(f"line {number}: unknown role {role!r}; one of {', '.join(ROLES)}")
+            raise ValueError(f"line {number}: the third field is not a role; one of {', '.join(ROLES)}")
         digest = _digest(token)
         if any(hmac.compare_digest(digest, seen) for seen, _ in entries):
             raise ValueError(f"line {number}: the same token appears twice")
         entries.append((digest, Principal(name, role)))
+    if not entries:
+        raise ValueError("no tokens: every call would be refused (comment out --auth-tokens to serve without them)")
     return entries
 
 
@@ -99,17 +103,26 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def _read_token_file(path: str) -> list[tuple[bytes, Principal]]:
+    """The tokens of the file; warns when other users may read it."""
+    file = Path(path)
+    if file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("the token file %s is open to other users (mode %o): chmod 600 it", path, stat.S_IMODE(file.stat().st_mode))
+    return parse_tokens(file.read_text())
+
+
 class TokenFile:
     """The tokens of `--auth-tokens FILE`: read at start (errors raise), and again on `reload`."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._entries = parse_tokens(Path(path).read_text())
+        self._entries = _read_token_file(path)
 
     def reload(self) -> bool:
-        """Reads the file again; on an error keeps the tokens it had and logs why (never a token)."""
+        """Reads the file again; on an error (an empty file too) keeps the tokens it had and logs why,
+        never a token."""
         try:
-            entries = parse_tokens(Path(self.path).read_text())
+            entries = _read_token_file(self.path)
         except (OSError, ValueError, UnicodeDecodeError) as error:
             log.error("auth tokens not reloaded from %s, keeping the previous ones: %s", self.path, error)
             return False
@@ -117,18 +130,27 @@ class TokenFile:
         log.info("auth tokens reloaded from %s: %d principals", self.path, len(entries))
         return True
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an `authorization: Bearer TOKEN` value; Unauthenticated when there is none."""
+    def authenticate(self, authorization: str | None) -> tuple[Principal, bytes]:
+        """The principal of an `authorization: Bearer TOKEN` value, and the token's digest;
+        Unauthenticated when there is none."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("MISSING_TOKEN", "send the metadata `authorization: Bearer TOKEN`")
         presented = _digest(token.strip())
+        found = self._find(presented)
+        if found is None:
+            raise Unauthenticated("INVALID_TOKEN", "the bearer token is not valid")
+        return found, presented
+
+    def grants(self, digest: bytes, principal: Principal) -> bool:
+        """Whether the token of `digest` still names this principal with this role (after a reload)."""
+        return self._find(digest) == principal
+
+    def _find(self, presented: bytes) -> Principal | None:
         found = None
         for digest, principal in self._entries:  # every entry, so the time taken tells nothing
             if hmac.compare_digest(digest, presented):
                 found = principal
-        if found is None:
-            raise Unauthenticated("INVALID_TOKEN", "the bearer token is not valid")
         return found
 
 

@@ -7,7 +7,7 @@ import fcntl
 import logging
 import os
 from typing import Iterator
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse import db_url
@@ -86,9 +86,16 @@ def _migration_lock(db: pw.Database) -> Iterator[None]:
 
 
 def migrate(db: pw.Database) -> list[str]:
-    """Applies every pending migration; returns their names."""
-    with db.connection_context(), _migration_lock(db):
-        applied = Runner(db, MIGRATIONS_DIR).up()
+    """Applies every pending migration; returns their names (logged once each, here: playhouse's own
+    line for each is silenced)."""
+    runner_log = logging.getLogger("peewee.migrations")
+    level = runner_log.level
+    runner_log.setLevel(logging.WARNING)
+    try:
+        with db.connection_context(), _migration_lock(db):
+            applied = Runner(db, MIGRATIONS_DIR).up()
+    finally:
+        runner_log.setLevel(level)
     for name in applied:
         log.info("applied migration %s", name)
     return applied
@@ -112,3 +119,24 @@ def discard_idle_connections(db: pw.Database) -> None:
         db.close_idle()
     except pw.PeeweeException:
         pass
+
+
+_SECRET_PARAMETERS = {"password", "sslpassword", "passfile", "sslkey"}
+
+
+def redacted(url: str) -> str:
+    """The database URL as it may be logged: without the password of its user part or of its query
+    (`?password=...`)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and not any(key.lower() in _SECRET_PARAMETERS for key, _ in pairs):
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = user.split(":", 1)[0] + ":***@" + host
+    query = urlencode(
+        [(key, "***" if key.lower() in _SECRET_PARAMETERS else value) for key, value in pairs],
+        safe="*",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -13,9 +13,10 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import auth, errors
+from . import auth, budget, errors
 from .servicer import STATUS_CODES, rich_status
 
+log = logging.getLogger(__name__)
 audit_log = logging.getLogger("registry_server.audit")
 
 
@@ -61,30 +62,83 @@ def _audit(principal: str, rpc: str, obj: str, outcome: str, reason: str) -> Non
     )
 
 
+# The kind of each streaming RPC, by method path; every unary call is budget.UNARY.
+STREAM_KINDS = {
+    "WatchEvents": budget.WATCH,
+    "UploadCheckpointFiles": budget.UPLOAD,
+    "DownloadCheckpointFiles": budget.DOWNLOAD,
+    "/grpc.health.v1.Health/Watch": budget.HEALTH_WATCH,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": budget.REFLECTION,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": budget.REFLECTION,
+}
+
+
+def _too_many(kind: str) -> errors.ResourceExhausted:
+    if kind == budget.UNARY:
+        return errors.ResourceExhausted(
+            "TOO_MANY_CALLS", "this server has as many calls in progress as it takes; retry later", kind=kind
+        )
+    return errors.ResourceExhausted(
+        "TOO_MANY_STREAMS",
+        f"this server, or your share of it, has as many {kind} streams open as it takes; close one or retry later",
+        kind=kind,
+    )
+
+
 class RegistryInterceptor(grpc.ServerInterceptor):
-    """Authenticates and authorizes calls of `service`, parses their requests, audits mutations.
+    """Admits every call of the server (capacity, see budget.py) and, for calls of `service`,
+    authenticates and authorizes them, parses their requests and audits mutations.
 
     With `tokens` None nobody is asked for a token: every call runs as auth.ANONYMOUS."""
 
-    def __init__(self, service: str, tokens: auth.TokenFile | None) -> None:
+    def __init__(self, service: str, tokens: auth.TokenFile | None, calls: budget.CallBudget) -> None:
         self._prefix = f"/{service}/"
         self.tokens = tokens
+        self.calls = calls
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
     ) -> Any:
         handler = continuation(details)
-        if handler is None or not details.method.startswith(self._prefix):
-            return handler
-        rpc = details.method[len(self._prefix) :]
+        if handler is None:
+            return None
+        try:
+            return self._intercept(handler, details)
+        except Exception:  # gRPC's serving thread must never see an exception: it would end the call UNKNOWN
+            log.exception("admitting %s failed", details.method)
+            return self._refuse(handler, errors.Unavailable("ADMISSION_FAILED", "the server could not admit the call; retry"))
+
+    def _intercept(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        if not method.startswith(self._prefix):  # health and reflection: open to all, but capped
+            kind = STREAM_KINDS.get(method, budget.UNARY)
+            ticket = self.calls.admit(kind)
+            return _tracked(handler, ticket) if ticket is not None else self._refuse(handler, _too_many(kind))
+        rpc = method[len(self._prefix) :]
+        kind = STREAM_KINDS.get(rpc, budget.UNARY)
         metadata = dict(details.invocation_metadata or ())
+        principal = auth.ANONYMOUS
+        try:
+            principal, credential = self._principal(metadata.get("authorization"))
+            ticket = self.calls.admit(kind, principal.name if credential else "", credential, principal)
+            if ticket is None:
+                raise _too_many(kind)
+        except errors.RegistryError as refusal:
+            if _is_mutation(rpc):
+                _audit(principal.name, rpc, "", STATUS_CODES[type(refusal)].name, refusal.reason)
+            return self._refuse(handler, refusal)
+        return self._registry_handler(handler, rpc, principal, ticket)
+
+    def _registry_handler(
+        self, handler: grpc.RpcMethodHandler, rpc: str, principal: auth.Principal, ticket: budget.Ticket
+    ) -> Any:
         parse, serialize = handler.request_deserializer, handler.response_serializer
 
-        def admit(raw: bytes | None, context: grpc.ServicerContext) -> tuple[auth.Principal, Any]:
-            """The caller and its parsed request (None for a client stream); aborts the call otherwise."""
-            principal, request = auth.ANONYMOUS, None
+        def admit(raw: bytes | None, context: grpc.ServicerContext) -> Any:
+            """The parsed request (None for a client stream), if the role allows the call; aborts otherwise."""
+            ticket.context = context
+            request = None
             try:
-                principal = self._principal(metadata.get("authorization"))
                 request = _parse(parse, raw) if raw is not None else None
                 auth.authorize(principal, rpc)
             except errors.RegistryError as refusal:
@@ -92,9 +146,9 @@ class RegistryInterceptor(grpc.ServerInterceptor):
                     outcome = STATUS_CODES[type(refusal)].name
                     _audit(principal.name, rpc, _object(request, None), outcome, refusal.reason)
                 context.abort_with_status(rich_status(refusal))
-            return principal, request
+            return request
 
-        def serve_as(principal: auth.Principal, call: Callable[[], Any], request: Any, context: grpc.ServicerContext) -> Any:
+        def serve_as(call: Callable[[], Any], request: Any, context: grpc.ServicerContext) -> Any:
             token = auth.set_current(principal)
             response = None
             try:
@@ -110,35 +164,101 @@ class RegistryInterceptor(grpc.ServerInterceptor):
             serve = handler.unary_unary
 
             def unary(raw: bytes, context: grpc.ServicerContext) -> Any:
-                principal, request = admit(raw, context)
-                return serve_as(principal, lambda: serve(request, context), request, context)
+                request = admit(raw, context)
+                return serve_as(lambda: serve(request, context), request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serialize)
+            return _handler(grpc.unary_unary_rpc_method_handler, unary, serialize, ticket)
         if handler.unary_stream is not None:  # WatchEvents, DownloadCheckpointFiles: reads
             stream = handler.unary_stream
 
             def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
-                principal, request = admit(raw, context)
+                request = admit(raw, context)
                 token = auth.set_current(principal)
                 try:
-                    yield from stream(request, context)
+                    yield from budget.track_responses(ticket, stream(request, context))
                 finally:
                     auth.reset_current(token)
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
+            return _handler(grpc.unary_stream_rpc_method_handler, unary_stream, serialize, ticket)
         if handler.stream_unary is not None:  # UploadCheckpointFiles
             upload = handler.stream_unary
 
             def stream_unary(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                principal, _ = admit(None, context)
-                requests = (_parse(parse, raw) for raw in raw_requests)  # refused as the handler reads them
-                return serve_as(principal, lambda: upload(requests, context), None, context)
+                admit(None, context)
+                # Refused as the handler reads them; each wait for the next one counts as idle.
+                requests = (_parse(parse, raw) for raw in budget.track_requests(ticket, raw_requests))
+                return serve_as(lambda: upload(requests, context), None, context)
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
-        return handler
+            return _handler(grpc.stream_unary_rpc_method_handler, stream_unary, serialize, ticket)
+        raise ValueError(f"{rpc} has no handler this interceptor knows how to wrap")
 
-    def _principal(self, authorization: str | None) -> auth.Principal:
-        return auth.ANONYMOUS if self.tokens is None else self.tokens.authenticate(authorization)
+    def _refuse(self, handler: grpc.RpcMethodHandler, refusal: errors.RegistryError) -> Any:
+        """A handler of the call's shape that only ends it with `refusal`, on the refusals' own pool."""
+        status = rich_status(refusal)
+
+        def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort_with_status(status)
+
+        refuse.experimental_thread_pool = self.calls.refusals  # type: ignore[attr-defined]
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return make(refuse, response_serializer=handler.response_serializer)
+
+    def _principal(self, authorization: str | None) -> tuple[auth.Principal, bytes | None]:
+        """The caller and the digest of its token (None without a token file)."""
+        if self.tokens is None:
+            return auth.ANONYMOUS, None
+        return self.tokens.authenticate(authorization)
+
+
+def _handler(make: Callable[..., Any], behavior: Any, serialize: Any, ticket: budget.Ticket, deserialize: Any = None) -> Any:
+    """A method handler whose behavior carries its ticket (released by the pool that runs it), on the
+    pool of its kind."""
+    behavior.ticket = ticket
+    behavior.experimental_thread_pool = ticket.budget.pools[ticket.kind]
+    return make(behavior, request_deserializer=deserialize, response_serializer=serialize)
+
+
+def _tracked(handler: grpc.RpcMethodHandler, ticket: budget.Ticket) -> Any:
+    """A handler of another service (health, reflection) as it is, on its kind's pool, with the idle
+    waits of its streams tracked."""
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        inner_unary = handler.unary_unary
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            return inner_unary(request, context)
+
+        behavior, make = unary, grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            ticket.context = context
+            yield from budget.track_responses(ticket, inner_stream(request, context))
+
+        behavior, make = unary_stream, grpc.unary_stream_rpc_method_handler
+    elif handler.stream_stream is not None:
+        inner_bidi = handler.stream_stream
+
+        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            ticket.context = context
+            yield from budget.track_responses(ticket, inner_bidi(budget.track_requests(ticket, requests), context))
+
+        behavior, make = stream_stream, grpc.stream_stream_rpc_method_handler
+    else:
+        inner_upload = handler.stream_unary
+
+        def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            ticket.context = context
+            return inner_upload(budget.track_requests(ticket, requests), context)
+
+        behavior, make = stream_unary, grpc.stream_unary_rpc_method_handler
+    return _handler(make, behavior, serialize, ticket, deserialize)
 
 
 def _parse(parse: Callable[[bytes], Any], raw: bytes) -> Any:

@@ -4,23 +4,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
 
-from . import auth
+import grpc
+import peewee as pw
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import auth, server
 from . import db as database
-from .server import DEFAULT_WORKERS, MAX_CONCURRENT_RPCS, MAX_REQUEST_BYTES, TlsFiles, build_server
+from .server import TlsFiles, build_server
 from .servicer import WATCH_POLL_INTERVAL_S
 from .storage import open_storage
 
 log = logging.getLogger("registry_server")
 
 DEFAULT_DATABASE_URL = "sqlite:///registry.db"
+STOP_MARGIN_S = 5.0  # after SIGTERM, grace plus this margin, then the kernel ends the process (SIGALRM)
+WORKER_PROBE_TIMEOUT_S = 30.0
+WORKER_PROBE_INTERVAL_S = 1.0
+# A worker that exits before it ever answered its health probe failed to start: it is started again
+# after a backoff, and after this many such failures in a row the server gives up.
+MAX_START_FAILURES = 5
+RESTART_BACKOFF_S = (0.5, 30.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,15 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=DEFAULT_WORKERS,
+        default=server.DEFAULT_WORKERS,
         help="threads serving calls in each process, and database connections in its pool (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-watchers",
-        type=int,
-        default=None,
-        help="WatchEvents streams served at once by each process; each holds a thread "
-        "(default: half of --threads)",
     )
     parser.add_argument(
         "--watch-poll-interval",
@@ -88,7 +96,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default full)",
     )
     parser.add_argument(
-        "--grace", type=float, default=10.0, help="seconds calls in flight get to finish on SIGTERM (default: %(default)s)"
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds calls in flight get to finish on SIGTERM; the process is ended "
+        f"{STOP_MARGIN_S:.0f}s after that whatever it is doing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--worker-probe-timeout",
+        type=float,
+        default=WORKER_PROBE_TIMEOUT_S,
+        help="with --workers: a worker whose own health probe has not answered for this many seconds is "
+        "killed and replaced (default: %(default)s)",
     )
     parser.add_argument(
         "--log-level", default=env("MODEL_REGISTRY_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... (default: %(default)s)"
@@ -114,22 +133,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     limits.add_argument(
         "--max-request-bytes",
         type=int,
-        default=MAX_REQUEST_BYTES,
+        default=server.MAX_REQUEST_BYTES,
         help="largest request message; larger ones get RESOURCE_EXHAUSTED (default: %(default)s)",
     )
     limits.add_argument(
         "--max-concurrent-rpcs",
         type=int,
-        default=MAX_CONCURRENT_RPCS,
-        help="calls in progress at once per process; more get RESOURCE_EXHAUSTED (default: %(default)s)",
+        default=server.MAX_CONCURRENT_RPCS,
+        help="unary calls in progress (running or queued) at once per process; more get RESOURCE_EXHAUSTED "
+        "TOO_MANY_CALLS (default: %(default)s)",
+    )
+    streams = parser.add_argument_group(
+        "streams", "each kind of stream runs on threads of its own, so that streams never take the capacity of unary calls"
+    )
+    for flag, default, what in (
+        ("--max-watchers", server.MAX_WATCHERS, "WatchEvents streams"),
+        ("--max-uploads", server.MAX_UPLOADS, "UploadCheckpointFiles streams"),
+        ("--max-downloads", server.MAX_DOWNLOADS, "DownloadCheckpointFiles streams"),
+    ):
+        streams.add_argument(
+            flag, type=int, default=default, help=f"{what} at once per process; more get RESOURCE_EXHAUSTED "
+            "TOO_MANY_STREAMS (default: %(default)s)"
+        )
+    streams.add_argument(
+        "--max-streams-per-caller",
+        type=int,
+        default=server.MAX_STREAMS_PER_CALLER,
+        help="streams of each kind one principal may have open at once per process (default: %(default)s)",
+    )
+    streams.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=server.STREAM_IDLE_TIMEOUT_S,
+        help="seconds a stream may wait on its peer (a download not read, an upload not sent) before it is "
+        "ended DEADLINE_EXCEEDED (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
-    if args.max_watchers is not None and not 1 <= args.max_watchers < args.threads:
-        parser.error("--max-watchers must be at least 1 and below --threads")
+    if min(args.max_watchers, args.max_uploads, args.max_downloads, args.max_streams_per_caller) < 1:
+        parser.error("--max-watchers, --max-uploads, --max-downloads and --max-streams-per-caller must be at least 1")
     if not 0 < args.watch_poll_interval <= 60:
         parser.error("--watch-poll-interval must be above 0 and at most 60 seconds")
+    if not 0 < args.stream_idle_timeout <= 3600 or not 1 <= args.worker_probe_timeout <= 3600:
+        parser.error("--stream-idle-timeout and --worker-probe-timeout must be positive and at most an hour")
+    if args.grace < 0:
+        parser.error("--grace must not be negative")
     if args.max_request_bytes < 1 or args.max_concurrent_rpcs < 1:
         parser.error("--max-request-bytes and --max-concurrent-rpcs must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -151,8 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     return _serve_workers(args)
 
 
-def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "") -> int:
-    """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0."""
+def _start_error(error: Exception, database_url: str) -> str:
+    """One line on why the server cannot start: the database named (password redacted), the cause,
+    and a hint; never a traceback."""
+    if isinstance(error, pw.PeeweeException):
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (
+            f"database {database.redacted(database_url)} cannot be used: {cause} "
+            "(is the database running, does it exist, may this user connect? see --database-url)"
+        )
+    return str(error)
+
+
+def _serve(
+    args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "", probe: tuple[str, int] | None = None
+) -> int:
+    """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0. A worker
+    (`probe`: a private address and the pipe to its parent) also listens on that address and proves
+    every second that it still answers its own health Check, by a byte down the pipe."""
     try:
         storage = open_storage(args.database_url, args.storage_dir, args.storage_url, args.storage_options)
         running = build_server(
@@ -163,6 +228,10 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
             reuse_port=reuse_port,
             watch_poll_interval=args.watch_poll_interval,
             max_watchers=args.max_watchers,
+            max_uploads=args.max_uploads,
+            max_downloads=args.max_downloads,
+            max_streams_per_caller=args.max_streams_per_caller,
+            stream_idle_timeout=args.stream_idle_timeout,
             storage=storage,
             auth_tokens=args.auth_tokens,
             allow_unauthenticated=args.insecure_allow_unauthenticated,
@@ -170,9 +239,10 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
             max_request_bytes=args.max_request_bytes,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             sqlite_synchronous=args.sqlite_synchronous,
+            private_address=probe[0] if probe else None,
         )
-    except (OSError, ValueError) as error:
-        log.error("cannot start: %s", error)
+    except (OSError, ValueError, pw.PeeweeException) as error:
+        log.error("cannot start%s: %s", worker, _start_error(error, args.database_url))
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -183,28 +253,69 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
         args.host,
         running.port,
         worker,
-        _redacted(args.database_url),
+        database.redacted(args.database_url),
         storage.uri("").rstrip("/"),
         "TLS" + (" with client certificates" if args.tls_client_ca else "") if args.tls_cert else "plaintext",
         "bearer tokens" if args.auth_tokens else "no authentication",
     )
+    if probe is not None:
+        threading.Thread(target=_prove_alive, args=(probe[0], probe[1], stop), name="probe", daemon=True).start()
     stop.wait()
+    # Whatever state the process is in (a wedged thread, a call that ignores cancellation), the
+    # kernel ends it once the grace period and a margin are over: SIGALRM's default action needs no
+    # Python thread, not even the GIL.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(math.ceil(args.grace + STOP_MARGIN_S))
     log.info("stopping%s: finishing calls in flight (up to %.0fs)", worker, args.grace)
     running.stop(args.grace)
     log.info("stopped%s", worker)
     return 0
 
 
+def _prove_alive(address: str, heartbeat: int, stop: threading.Event) -> None:
+    """Calls this process's own health Check through its private address every second, and writes a
+    byte to the parent after each answer: a worker that stops answering stops beating, and its parent
+    replaces it."""
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while not stop.is_set():
+            try:
+                health.Check(health_pb2.HealthCheckRequest(), timeout=WORKER_PROBE_TIMEOUT_S / 3)
+                os.write(heartbeat, b".")
+            except grpc.RpcError as error:
+                log.warning("own health probe failed: %s", error.code())
+            except BlockingIOError:
+                pass  # the parent has not read the previous beats yet: it knows we are alive
+            except OSError:
+                return  # the parent is gone
+            stop.wait(WORKER_PROBE_INTERVAL_S)
+
+
+@dataclass
+class _Worker:
+    """A worker process as its parent sees it."""
+
+    index: int
+    pid: int
+    heartbeat: int  # read end of the pipe the worker beats on
+    started: float
+    last_beat: float | None = None  # None until it first answered its health probe
+    failures: list[int] = field(default_factory=list)
+
+
 def _serve_workers(args: argparse.Namespace) -> int:
     """Forks `--workers` processes that share one port (SO_REUSEPORT), before any gRPC server or
-    database connection exists; restarts a worker that dies; forwards SIGTERM to all and waits."""
+    database connection exists in this process. Restarts a worker that dies (after a backoff when it
+    died before it ever served) and kills and replaces one that stops answering its own health probe;
+    gives up only when workers fail to start MAX_START_FAILURES times in a row. Forwards SIGTERM to
+    every worker, and SIGKILLs those still alive after the grace period and a margin."""
     try:
         auth.check_exposure(args.host, args.auth_tokens is not None, args.insecure_allow_unauthenticated)
         db = database.connect(args.database_url)
         database.migrate(db)  # once, here, rather than racing in every worker
         db.close_all()
-    except (OSError, ValueError) as error:
-        log.error("cannot start: %s", error)
+    except (OSError, ValueError, pw.PeeweeException) as error:
+        log.error("cannot start: %s", _start_error(error, args.database_url))
         return 1
     # Hold the port (port 0: pick one) until the workers have bound it too.
     holder = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
@@ -212,35 +323,49 @@ def _serve_workers(args: argparse.Namespace) -> int:
     try:
         holder.bind((args.host, args.port))
     except OSError as error:
-        log.error("cannot bind %s:%d: %s", args.host, args.port, error)
+        log.error("cannot start: cannot bind %s:%d: %s", args.host, args.port, error)
         return 1
     port = holder.getsockname()[1]
+    private = tempfile.mkdtemp(prefix="model-registry-workers-")  # mode 0700: the workers' probe sockets
 
     stopping = threading.Event()
-    children: dict[int, int] = {}
-    started: dict[int, float] = {}
+    workers: dict[int, _Worker] = {}  # by pid
+    start_failures = 0
+    wake_r, wake_w = os.pipe()  # signals interrupt the select below
+    os.set_blocking(wake_w, False)
 
     def start(index: int) -> None:
+        beat_r, beat_w = os.pipe()
+        os.set_blocking(beat_w, False)
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's server can reload its tokens
+            for fd in (beat_r, wake_r, wake_w, *(w.heartbeat for w in workers.values())):
+                os.close(fd)
             holder.close()
             code = 1
             try:
-                code = _serve(args, port, reuse_port=True, worker=f" (worker {index + 1}/{args.workers}, pid {os.getpid()})")
+                code = _serve(
+                    args,
+                    port,
+                    reuse_port=True,
+                    worker=f" (worker {index + 1}/{args.workers}, pid {os.getpid()})",
+                    probe=(f"unix:{private}/worker-{os.getpid()}.sock", beat_w),
+                )
             finally:
                 os._exit(code)
-        children[pid] = index
-        started[index] = time.monotonic()
+        os.close(beat_w)
+        workers[pid] = _Worker(index, pid, beat_r, time.monotonic())
 
     def forward(signum: int, _frame: object) -> None:
         if signum != signal.SIGHUP:
             stopping.set()
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        for pid in list(workers):
+            _signal_worker(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+        try:
+            os.write(wake_w, b"!")
+        except OSError:
+            pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -249,32 +374,82 @@ def _serve_workers(args: argparse.Namespace) -> int:
         start(index)
     holder.close()
     failed = False
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        if not stopping.is_set() and time.monotonic() - started[index] < 5:
-            log.error("worker %d could not start; stopping", index + 1)
-            failed = True
-            forward(signal.SIGTERM, None)
-        elif not stopping.is_set():
-            log.warning("worker %d (pid %d) exited with status %d; starting it again", index + 1, pid, status)
-            start(index)
-        elif os.waitstatus_to_exitcode(status) != 0:
-            failed = True
+    pending: list[tuple[float, int]] = []  # (when, index) of workers to start again after a backoff
+    stop_deadline: float | None = None
+    try:
+        while workers or (pending and not stopping.is_set()):
+            now = time.monotonic()
+            if stopping.is_set():
+                pending.clear()
+                if stop_deadline is None:
+                    stop_deadline = now + args.grace + STOP_MARGIN_S
+                elif now > stop_deadline:
+                    for pid in list(workers):
+                        log.error("worker pid %d still running %.0fs after SIGTERM: killing it", pid, args.grace + STOP_MARGIN_S)
+                        _signal_worker(pid, signal.SIGKILL)
+            for when, index in [p for p in pending if p[0] <= now]:
+                pending.remove((when, index))
+                start(index)
+            readable, _, _ = select.select([wake_r, *(w.heartbeat for w in workers.values())], [], [], 0.5)
+            for fd in readable:
+                chunk = os.read(fd, 4096)
+                worker = next((w for w in workers.values() if w.heartbeat == fd), None)
+                if worker is not None and chunk:
+                    if worker.last_beat is None:
+                        start_failures = 0
+                    worker.last_beat = time.monotonic()
+            for worker in list(workers.values()):
+                beat = worker.last_beat if worker.last_beat is not None else worker.started
+                if not stopping.is_set() and time.monotonic() - beat > args.worker_probe_timeout:
+                    log.error(
+                        "worker %d (pid %d) has not answered its health probe for %.0fs: killing it",
+                        worker.index + 1, worker.pid, args.worker_probe_timeout,
+                    )
+                    _signal_worker(worker.pid, signal.SIGKILL)
+                    worker.last_beat = time.monotonic()  # once; it is reaped below
+            while workers:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    workers.clear()
+                    break
+                if pid == 0:
+                    break
+                worker = workers.pop(pid, None)
+                if worker is None:
+                    continue
+                os.close(worker.heartbeat)
+                code = os.waitstatus_to_exitcode(status)
+                if stopping.is_set():
+                    failed = failed or code != 0
+                    continue
+                if worker.last_beat is None:
+                    start_failures += 1
+                    if start_failures >= MAX_START_FAILURES:
+                        log.error("workers failed to start %d times in a row; stopping", start_failures)
+                        failed = True
+                        forward(signal.SIGTERM, None)
+                        continue
+                    delay = min(RESTART_BACKOFF_S[0] * 2 ** (start_failures - 1), RESTART_BACKOFF_S[1])
+                    log.error(
+                        "worker %d (pid %d) exited with status %d before it served; starting it again in %.1fs",
+                        worker.index + 1, pid, code, delay,
+                    )
+                    pending.append((time.monotonic() + delay, worker.index))
+                else:
+                    log.warning("worker %d (pid %d) exited with status %d; starting it again", worker.index + 1, pid, code)
+                    pending.append((time.monotonic(), worker.index))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     return 1 if failed else 0
 
 
-def _redacted(url: str) -> str:
-    """The URL without its password, for the log."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")))
-    return url
+def _signal_worker(pid: int, signum: int) -> None:
+    """Sends a signal to a worker that may have exited already."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import grpc
 import peewee as pw
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
-from . import auth
+from . import auth, budget
 from . import db as database
+from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from .health import HealthServicer
 from .interceptor import RegistryInterceptor
 from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
 from .storage import Storage, open_storage
@@ -28,7 +30,16 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name
 DEFAULT_WORKERS = 16
-MAX_CONCURRENT_RPCS = 256  # calls in progress at once; more are refused RESOURCE_EXHAUSTED
+MAX_CONCURRENT_RPCS = 256  # unary calls in progress (running or queued) at once; more are refused RESOURCE_EXHAUSTED
+# Streams: at most so many of each kind at once per process (each holds a thread of its kind's own
+# pool), and per authenticated principal; see budget.py.
+MAX_WATCHERS = 64
+MAX_UPLOADS = 8
+MAX_DOWNLOADS = 16
+MAX_STREAMS_PER_CALLER = 4
+MAX_REFLECTION_STREAMS = 4
+MAX_HEALTH_WATCHERS = 16
+STREAM_IDLE_TIMEOUT_S = 60.0  # a stream blocked on its peer this long is ended DEADLINE_EXCEEDED
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one request message; larger is refused RESOURCE_EXHAUSTED
 HEALTH_PROBE_INTERVAL_S = 2.0
 PURGE_INTERVAL_S = 3600.0  # how often request_ids past their retention are forgotten
@@ -41,9 +52,10 @@ class RegistryServer:
         self,
         server: grpc.Server,
         port: int,
-        health_servicer: health.HealthServicer,
+        health_servicer: HealthServicer,
         db: pw.Database,
         servicer: ModelRegistryServicer,
+        calls: budget.CallBudget,
         tokens: auth.TokenFile | None = None,
     ):
         self.server = server
@@ -52,6 +64,7 @@ class RegistryServer:
         self.health = health_servicer
         self.db = db
         self.servicer = servicer
+        self.calls = calls
         self._purged_at = 0.0
         self._stopping = threading.Event()
         self._serving: bool | None = None
@@ -112,15 +125,25 @@ class RegistryServer:
             self.health.set(name, status)
 
     def reload_tokens(self) -> bool:
-        """Reads the token file again (on SIGHUP); False, keeping the old tokens, when it is invalid."""
-        return self.tokens.reload() if self.tokens is not None else False
+        """Reads the token file again (on SIGHUP); False, keeping the old tokens, when it is invalid.
+        Streams opened with a token that no longer grants what it granted are ended at once."""
+        tokens = self.tokens
+        if tokens is None or not tokens.reload():
+            return False
+        for ticket in self.calls.streams():
+            principal = ticket.principal
+            if ticket.credential is not None and principal is not None and not tokens.grants(ticket.credential, principal):
+                log.info("ending a %s stream of %r: its token was revoked", ticket.kind, principal.name)
+                ticket.end(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED: the token of this stream was revoked")
+        return True
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
         self._stopping.set()
-        self.set_serving(False)
+        self.health.enter_graceful_shutdown()
         self.servicer.stop_watchers()
         self.server.stop(grace).wait()
+        self.calls.shutdown()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
 
 
@@ -150,7 +173,11 @@ def build_server(
     max_workers: int = DEFAULT_WORKERS,
     reuse_port: bool = False,
     watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
-    max_watchers: int | None = None,
+    max_watchers: int = MAX_WATCHERS,
+    max_uploads: int = MAX_UPLOADS,
+    max_downloads: int = MAX_DOWNLOADS,
+    max_streams_per_caller: int = MAX_STREAMS_PER_CALLER,
+    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT_S,
     storage: Storage | None = None,
     auth_tokens: str | None = None,
     allow_unauthenticated: bool = False,
@@ -158,51 +185,66 @@ def build_server(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     sqlite_synchronous: str = "full",
+    private_address: str | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
     over them; without it, binding a port that is taken fails instead of silently sharing it.
-    Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
-    them) caps the streams so that unary calls keep the rest.
+    Unary calls run on `max_workers` threads, at most `max_concurrent_rpcs` of them in progress
+    (running or queued); each kind of stream runs on a pool of its own, capped by its `max_*` per
+    process and by `max_streams_per_caller` per principal (see budget.py), so no stream can take the
+    capacity of unary calls; a stream blocked on its peer for `stream_idle_timeout` seconds is ended.
     Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
-    is served unless `allow_unauthenticated`; ValueError says so."""
+    is served unless `allow_unauthenticated`; ValueError says so. `private_address` (e.g.
+    unix:/path) is served as well, in plaintext: a worker's parent probes its health there."""
     auth.check_exposure(host, auth_tokens is not None, allow_unauthenticated)
     tokens = auth.TokenFile(auth_tokens) if auth_tokens is not None else None
     credentials = tls.credentials() if tls is not None else None
     storage = storage or open_storage(database_url)
     db = database.connect(database_url, max_connections=max_workers + 4, sqlite_synchronous=sqlite_synchronous)
     database.migrate(db)
-    interceptor = RegistryInterceptor(SERVICE_NAME, tokens)
+    per_caller = max_streams_per_caller
+    calls = budget.CallBudget(
+        {
+            budget.UNARY: budget.Limit(max_concurrent_rpcs, max_concurrent_rpcs),
+            budget.WATCH: budget.Limit(max_watchers, per_caller),
+            budget.UPLOAD: budget.Limit(max_uploads, per_caller),
+            budget.DOWNLOAD: budget.Limit(max_downloads, per_caller),
+            budget.REFLECTION: budget.Limit(MAX_REFLECTION_STREAMS, MAX_REFLECTION_STREAMS),
+            budget.HEALTH_WATCH: budget.Limit(MAX_HEALTH_WATCHERS, MAX_HEALTH_WATCHERS),
+        },
+        idle_timeout=stream_idle_timeout,
+        unary_threads=max_workers,
+    )
+    # No maximum_concurrent_rpcs: the interceptor admits calls (with an ErrorInfo reason when it
+    # refuses), and a refusal by gRPC after admission would never release the call's ticket.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[interceptor],
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        calls.pools[budget.UNARY],
+        interceptors=[RegistryInterceptor(SERVICE_NAME, tokens, calls)],
         options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
-    servicer = ModelRegistryServicer(
-        RegistryStore(db),
-        storage,
-        watch_poll_interval=watch_poll_interval,
-        max_watchers=max_watchers if max_watchers is not None else max(1, max_workers // 2),
-    )
+    servicer = ModelRegistryServicer(RegistryStore(db), storage, watch_poll_interval=watch_poll_interval)
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{host}:{port}"
     try:
         bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:  # grpcio raises where older releases returned 0: the port is taken
         bound = 0
+    if bound and private_address is not None and not server.add_insecure_port(private_address):
+        bound = 0
     if not bound:
+        calls.shutdown()
         db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    running = RegistryServer(server, bound, health_servicer, db, servicer, tokens)
+    running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens)
     running.set_serving(database.ping(db))
     running._watcher.start()
     if not database.is_sqlite(db):

@@ -227,13 +227,10 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         storage: Storage,
         *,
         watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
-        max_watchers: int = 8,
     ) -> None:
         self.store = store
         self.files = CheckpointFiles(store, storage)
         self.watch_poll_interval = watch_poll_interval
-        # Each stream holds a server thread for its lifetime: cap them so that unary calls keep some.
-        self._watchers = threading.BoundedSemaphore(max_watchers)
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every wake-up, so that none is missed between query and wait
@@ -470,18 +467,14 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         at once, those through other replicas are found by polling."""
         kind_numbers = event_pb2.EventKind.values()[1:]
         try:
-            kinds = [_enum(kind, kind_numbers, "kinds") for kind in request.kinds]
-            names = list(request.model_names)
+            kinds = [_enum(kind, kind_numbers, "kinds") for kind in dict.fromkeys(request.kinds)]
+            names = list(dict.fromkeys(request.model_names))
             if len(names) > MAX_WATCHED_MODELS:
                 raise invalid("TOO_MANY_MODELS", f"watch at most {MAX_WATCHED_MODELS} models", count=len(names))
             for name in names:
                 validation.text(name, "model_names", validation.MAX_NAME_LENGTH)
             if request.after_sequence < 0:
                 raise invalid("INVALID_SEQUENCE", "after_sequence must not be negative", after_sequence=request.after_sequence)
-            if not self._watchers.acquire(blocking=False):
-                raise errors.ResourceExhausted(
-                    "TOO_MANY_WATCHERS", "this server streams to as many watchers as it can; retry later"
-                )
         except errors.RegistryError as error:
             _abort(context, error)
             return
@@ -502,8 +495,6 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
                 _abort(context, errors.Unavailable("SERVER_STOPPING", "the server is stopping; resume the watch"))
         except pw.PeeweeException as error:
             _abort(context, _refusal(self.store.db, "WatchEvents", error))
-        finally:
-            self._watchers.release()
     # Checkpoint files
 
     @_transfer

@@ -97,6 +97,7 @@ TOKENS = {
 
 def write_tokens(path: Path, entries: dict[str, tuple[str, str, str]] = TOKENS) -> str:
     path.write_text("# token principal role\n" + "".join(" ".join(entry) + "\n" for entry in entries.values()))
+    path.chmod(0o600)
     return str(path)
 
 

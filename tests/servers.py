@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 SERVING = re.compile(r"serving on ([\d.]+):(\d+)")
 
@@ -71,3 +72,13 @@ class ServerProcess:
     def __exit__(self, *_: object) -> None:
         if self.process.poll() is None:
             self.stop()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition") -> None:
+    """Waits until condition() is true, polling; fails the test after `timeout` seconds (generous:
+    the machine may be loaded). Tests wait on conditions, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)

@@ -187,12 +187,15 @@ def test_token_file_format_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# comment\n\n  tok1  alice editor  # trailing comment\ntok2 root admin\n")
     tokens = auth.TokenFile(str(path))
-    assert tokens.authenticate("Bearer tok1") == auth.Principal("alice", "editor")
-    assert tokens.authenticate("bearer tok2") == auth.Principal("root", "admin")
+    assert tokens.authenticate("Bearer tok1")[0] == auth.Principal("alice", "editor")
+    assert tokens.authenticate("bearer tok2")[0] == auth.Principal("root", "admin")
     for text, message in [
         ("secret-token alice\n", "line 1: expected TOKEN PRINCIPAL ROLE"),
-        ("ok bob viewer\nsecret-token alice owner\n", "line 2: unknown role 'owner'"),
+        ("ok bob viewer\nsecret-token alice owner\n", "line 2: the third field is not a role"),
+        # Written in the wrong order, the token stands where the role should: it must not be echoed.
+        ("ok bob viewer\nalice editor secret-token\n", "line 2: the third field is not a role"),
         ("secret-token a viewer\nsecret-token b admin\n", "line 2: the same token appears twice"),
+        ("# nothing but comments\n\n", "no tokens"),
     ]:
         path.write_text(text)
         with pytest.raises(ValueError, match=message) as refused:
