@@ -26,8 +26,10 @@ test: install
 
 ## proto: regenerate the Python stubs (and mypy .pyi) beside the .proto files
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
-	$(BIN)/python -m grpc_tools.protoc -I protos --grpc_python_out=protos --mypy_grpc_out=protos \
+	$(BIN)/python -m grpc_tools.protoc -I protos --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
+	$(BIN)/python -m grpc_tools.protoc -I protos --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--grpc_python_out=protos --mypy_grpc_out=protos \
 		protos/modelregistry/v1/registry_service.proto
 
 ## check-proto: fail when the committed stubs differ from what `make proto` generates

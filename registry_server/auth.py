@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import contract
 from .errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -19,10 +20,6 @@ log = logging.getLogger(__name__)
 VIEWER, EDITOR, ADMIN = "viewer", "editor", "admin"
 ROLES = (VIEWER, EDITOR, ADMIN)  # each role may do everything the ones before it may
 
-# The role each RPC needs; RPCs not named here need EDITOR. Checkpoints record no owner, so only an
-# admin may delete one (an editor may delete only what it owns).
-READ_PREFIXES = ("Get", "List", "Watch", "Download")
-REQUIRED_ROLE = {"DeleteCheckpoint": ADMIN}
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,8 @@ def reset_current(token: contextvars.Token[Principal]) -> None:
 
 
 def required_role(rpc: str) -> str:
-    return REQUIRED_ROLE.get(rpc, VIEWER if rpc.startswith(READ_PREFIXES) else EDITOR)
+    """The role the RPC declares in the protos (minimum_role)."""
+    return contract.RPCS[rpc].role
 
 
 def authorize(principal: Principal, rpc: str) -> None:

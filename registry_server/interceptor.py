@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from . import auth, budget, errors
+from . import auth, budget, contract, errors
 from .servicer import STATUS_CODES, rich_status
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ audit_log = logging.getLogger("registry_server.audit")
 
 
 def _is_mutation(rpc: str) -> bool:
-    return not rpc.startswith(auth.READ_PREFIXES)
+    """Mutations are audited: every RPC not declared NO_SIDE_EFFECTS in the protos."""
+    return not contract.RPCS[rpc].reads_only
 
 
 def _object(request: Any, response: Any) -> str:

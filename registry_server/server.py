@@ -142,7 +142,7 @@ class RegistryServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.servicer.stop_watchers()
-        self.server.stop(grace).wait()
+        self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
         self.calls.shutdown()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
 

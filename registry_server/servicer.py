@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 import grpc
 import peewee as pw
 from google.protobuf import any_pb2
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -49,7 +48,6 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
 # server's commits wake it at once), and how many events it reads per query.
 WATCH_POLL_INTERVAL_S = 0.5
 WATCH_BATCH = 500
-MAX_WATCHED_MODELS = 100
 SORT_KEYS = {
     model_pb2.MODEL_SORT_BY_UNSPECIFIED: "name",
     model_pb2.MODEL_SORT_BY_NAME: "name",
@@ -86,34 +84,6 @@ def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
     context.set_code(status.code)
     context.set_details(status.details)
     context.set_trailing_metadata(status.trailing_metadata)
-
-
-def _strings(message: Message, path: str = "") -> Iterator[tuple[str, str]]:
-    """Every string a message holds (map keys and Struct values too), with the path of its field."""
-    for field, value in message.ListFields():
-        name = path + field.name
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            for key, item in value.items():
-                yield name, key
-                yield from _strings(item, f"{name}.") if isinstance(item, Message) else _scalar(name, item)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            for item in value if field.is_repeated else [value]:
-                yield from _strings(item, f"{name}.")
-        elif field.type == FieldDescriptor.TYPE_STRING:
-            for item in value if field.is_repeated else [value]:
-                yield name, item
-
-
-def _scalar(name: str, value: Any) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        yield name, value
-
-
-def _refuse_nul(request: Message) -> None:
-    """No stored value holds NUL, and PostgreSQL refuses it even in a lookup: refuse it up front."""
-    for path, value in _strings(request):
-        if "\x00" in value:
-            raise invalid("INVALID_CHARACTER", f"{path} must not contain NUL characters", field=path)
 
 
 def _storage_error(error: OSError) -> errors.RegistryError:
@@ -156,7 +126,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
         @functools.wraps(method)
         def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
-                _refuse_nul(request)
+                validation.check_request(request)
                 yield from method(self, request, context)
 
         return stream
@@ -166,7 +136,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
         with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
             if isinstance(request, Message):  # a client stream is checked message by message
-                _refuse_nul(request)
+                validation.check_request(request)
             with self.store.db.connection_context() if hold_connection else contextlib.nullcontext():
                 return method(self, request, context)
         return response_type()
@@ -467,10 +437,9 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         at once, those through other replicas are found by polling."""
         kind_numbers = event_pb2.EventKind.values()[1:]
         try:
+            validation.check_request(request)
             kinds = [_enum(kind, kind_numbers, "kinds") for kind in dict.fromkeys(request.kinds)]
             names = list(dict.fromkeys(request.model_names))
-            if len(names) > MAX_WATCHED_MODELS:
-                raise invalid("TOO_MANY_MODELS", f"watch at most {MAX_WATCHED_MODELS} models", count=len(names))
             for name in names:
                 validation.text(name, "model_names", validation.MAX_NAME_LENGTH)
             if request.after_sequence < 0:
@@ -532,7 +501,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self, request: pb.DownloadCheckpointFilesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadCheckpointFilesResponse]:
         with self.store.db.connection_context():
-            uuid, headers = self.files.stored_files(request.checkpoint_uuid, list(request.paths))
+            uuid, headers = self.files.stored_files(request.checkpoint_uuid, list(dict.fromkeys(request.paths)))
         for header in headers:
             yield pb.DownloadCheckpointFilesResponse(
                 file=checkpoint_pb2.CheckpointFile(path=header.path, size=header.size, sha256=header.sha256)

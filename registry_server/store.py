@@ -348,8 +348,16 @@ class RegistryStore:
             filters.append(self._name_contains(query.name))
         if query.description:
             filters.append(Model.description.contains(query.description))
-        for label in query.labels:
-            filters.append(Model.id.in_(ModelLabel.select(ModelLabel.model).where(ModelLabel.label == label)))
+        if query.labels:
+            # One subquery for any number of labels (a nest of one per label overflowed SQLite's parser).
+            labels = list(dict.fromkeys(query.labels))
+            carrying_all = (
+                ModelLabel.select(ModelLabel.model)
+                .where(ModelLabel.label.in_(labels))
+                .group_by(ModelLabel.model)
+                .having(pw.fn.COUNT(ModelLabel.id) == len(labels))
+            )
+            filters.append(Model.id.in_(carrying_all))
         if query.archived is not None:
             filters.append(Model.archived == query.archived)
         if query.owner:
@@ -687,6 +695,13 @@ class RegistryStore:
         if current is not None and current.version == version:
             return
         if current is None:
+            if ModelAlias.select().where(ModelAlias.model == model.id).count() >= validation.MAX_ALIASES_PER_MODEL:
+                raise FailedPrecondition(
+                    "MODEL_ALIAS_LIMIT",
+                    f"model {model.name!r} has {validation.MAX_ALIASES_PER_MODEL} aliases already; delete one first",
+                    model_name=model.name,
+                    limit=validation.MAX_ALIASES_PER_MODEL,
+                )
             ModelAlias.create(model=model.id, alias=alias, version=version)
         else:
             ModelAlias.update(version=version).where(ModelAlias.id == current.id).execute()

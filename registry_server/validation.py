@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Iterable
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from . import contract
 from .errors import invalid
 
 MAX_NAME_LENGTH = 256
@@ -22,6 +27,8 @@ MAX_PAGE_SIZE = 1000
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_ALIAS_LENGTH = 128
+# Aliases of one model: every version's answer lists the aliases pointing at it, so they stay readable.
+MAX_ALIASES_PER_MODEL = 1000
 MAX_REQUEST_ID_LENGTH = 128
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -108,7 +115,7 @@ def metadata_keys(keys: Iterable[str]) -> list[str]:
     result = list(keys)
     if len(result) > MAX_METADATA_KEYS_TO_REMOVE:
         raise invalid(
-            "TOO_MANY_KEYS", f"at most {MAX_METADATA_KEYS_TO_REMOVE} keys", count=len(result)
+            "TOO_MANY_REMOVE_KEYS", f"at most {MAX_METADATA_KEYS_TO_REMOVE} keys", count=len(result)
         )
     for key in result:
         text(key, "remove_keys", MAX_NAME_LENGTH)
@@ -194,3 +201,50 @@ def file_path(value: str) -> str:
     if problem:
         raise invalid("INVALID_FILE_PATH", f"file path {problem}", path=value[:MAX_FILE_PATH_BYTES])
     return value
+
+
+def check_request(message: Message) -> None:
+    """What every request is checked for before anything reads it: no string anywhere holds NUL (no
+    stored value holds one, and PostgreSQL refuses it even in a lookup), and no repeated field holds
+    more distinct values than its declared `max_items`. Costs what the request holds: only the fields
+    that are set are visited."""
+    _check_fields(message, "")
+
+
+@functools.cache
+def _field_kind(field: FieldDescriptor) -> tuple[bool, bool, int]:
+    """(is a map, holds messages, declared cap) of a field."""
+    is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+    return is_map, field.type == FieldDescriptor.TYPE_MESSAGE, contract.max_items(field)
+
+
+def _check_fields(message: Message, path: str) -> None:
+    for field, value in message.ListFields():
+        name = path + field.name
+        is_map, holds_messages, cap = _field_kind(field)
+        if cap and len(value) > cap and (is_map or holds_messages or len(set(value)) > cap):
+            raise invalid(
+                f"TOO_MANY_{field.name.upper()}",
+                f"{name} holds more than {cap} distinct values",
+                field=name,
+                limit=cap,
+                count=len(value),
+            )
+        if is_map:
+            for key, item in value.items():
+                _refuse_nul(name, key)
+                if isinstance(item, Message):
+                    _check_fields(item, f"{name}.")
+                elif isinstance(item, str):
+                    _refuse_nul(name, item)
+        elif holds_messages:
+            for item in value if field.is_repeated else (value,):
+                _check_fields(item, f"{name}.")
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for item in value if field.is_repeated else (value,):
+                _refuse_nul(name, item)
+
+
+def _refuse_nul(path: str, value: str) -> None:
+    if "\x00" in value:
+        raise invalid("INVALID_CHARACTER", f"{path} must not contain NUL characters", field=path)

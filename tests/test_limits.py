@@ -14,7 +14,7 @@ import pytest
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from registry_client import Registry
-from registry_client.errors import InvalidArgumentError, ResourceExhaustedError
+from registry_client.errors import InvalidArgumentError, ResourceExhaustedError, from_rpc_error
 from registry_server import validation
 from registry_server.server import MAX_REQUEST_BYTES, build_server
 from registry_server.store import RegistryStore
@@ -114,3 +114,58 @@ def test_calls_over_the_concurrency_limit_are_refused_not_queued(tmp_path: Path)
     finally:
         lock.close()
         running.stop(grace=10)
+
+
+def test_every_repeated_request_field_declares_a_cap_and_every_rpc_its_role() -> None:
+    """The contract declares the cap of every repeated field a request can carry (max_items), and the
+    role and idempotency of every RPC; a new RPC or field without them fails here."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    from registry_server import contract
+
+    for method in contract.SERVICE.methods:
+        assert contract.undeclared_repeated_fields(method.input_type) == [], method.name
+        assert contract.RPCS[method.name].role in ("viewer", "editor", "admin")
+    # An RPC without a minimum_role is refused when the contract is read.
+    file = descriptor_pb2.FileDescriptorProto(name="undeclared.proto", package="undeclared")
+    file.message_type.add(name="Empty")
+    service = file.service.add(name="Undeclared")
+    service.method.add(name="Do", input_type=".undeclared.Empty", output_type=".undeclared.Empty")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    undeclared = pool.FindServiceByName("undeclared.Undeclared")
+    with pytest.raises(TypeError, match="declares no"):
+        contract._rpc(undeclared.methods_by_name["Do"])
+
+
+def test_repeated_fields_are_capped_after_deduplication(registry_target: str) -> None:
+    """Lists in requests that once broke the server: 100 and 500 label filters (SQLite parser stack
+    overflow, then recursion: UNAVAILABLE and UNKNOWN), 50,000 aliases in one registration (the write
+    lock held for ~54 s), 300,000 kinds in one watch, one path asked 5,000 times in a download."""
+    channel = grpc.insecure_channel(registry_target)
+    stub = pb_grpc.ModelRegistryServiceStub(channel)
+    with channel, Registry(registry_target, timeout=30) as registry:
+        labels = [f"l{i}" for i in range(validation.MAX_LABELS)]
+        registry.create_model("tagged", labels=labels)
+        assert [m.name for m in registry.get_models(labels=labels)] == ["tagged"]  # the most a model can carry
+        assert [m.name for m in registry.get_models(labels=labels[:1] * 500)] == ["tagged"]  # duplicates count once
+        for count in (100, 500):
+            with pytest.raises(InvalidArgumentError) as refused:
+                registry.get_models(labels=[f"l{i}" for i in range(count)])
+            assert refused.value.reason == "TOO_MANY_LABELS"
+
+        uuid = registry.create_checkpoint().uuid
+        with pytest.raises(InvalidArgumentError) as refused:
+            registry.register_version("tagged", uuid, aliases=[f"a{i}" for i in range(50_000)])
+        assert refused.value.reason == "TOO_MANY_ALIASES"
+        version = registry.register_version("tagged", uuid, aliases=[f"a{i}" for i in range(16)] * 3)
+        assert len(version.aliases) == 16
+        assert registry.get_model("tagged").num_versions == 1  # the refused one wrote nothing
+
+        events = stub.WatchEvents(pb.WatchEventsRequest(kinds=[1] * 300_000), timeout=30)
+        assert next(events).event.model_name == "tagged"
+        events.cancel()
+        with pytest.raises(grpc.RpcError) as refused_kinds:
+            next(stub.WatchEvents(pb.WatchEventsRequest(kinds=list(range(1, 40))), timeout=30))
+        assert refused_kinds.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert from_rpc_error(refused_kinds.value).reason == "TOO_MANY_KINDS"

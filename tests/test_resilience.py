@@ -397,3 +397,32 @@ def test_writers_ride_through_graceful_stops_of_a_replica(tmp_path: Path) -> Non
                 stored = {m.name for m in registry.get_models()}
             assert set(acknowledged_now) <= stored
             assert len(acknowledged_now) == len(set(acknowledged_now))
+
+
+def test_the_client_retries_a_call_the_server_cancelled(tmp_path: Path) -> None:
+    """gRPC ends calls CANCELLED that reached a stopping server before it took them (and, in older
+    servers, those cut at the end of the grace period): the client retries them like UNAVAILABLE
+    where a repeat is safe. Here a stand-in server cancels the first attempt itself."""
+    from concurrent import futures as thread_futures
+
+    from modelregistry.v1 import model_pb2
+
+    attempts = []
+
+    class CancelsOnce(pb_grpc.ModelRegistryServiceServicer):
+        def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.GetModelResponse:
+            attempts.append(request.name)
+            if len(attempts) == 1:
+                context.cancel()
+            return pb.GetModelResponse(model=model_pb2.Model(name=request.name))
+
+    stand_in = grpc.server(thread_futures.ThreadPoolExecutor(2))
+    pb_grpc.add_ModelRegistryServiceServicer_to_server(CancelsOnce(), stand_in)
+    port = stand_in.add_insecure_port("127.0.0.1:0")
+    stand_in.start()
+    try:
+        with Registry(f"127.0.0.1:{port}", timeout=10) as registry:
+            assert registry.get_model("m").name == "m"
+        assert attempts == ["m", "m"]
+    finally:
+        stand_in.stop(0)
