@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import peewee as pw
 
 from registry_server import db as database
+from registry_server.validation import name_key
 from registry_server.store import STATE_COMPLETED, now_us
 from registry_server.tables import Checkpoint, Model, ModelVersion
 
@@ -56,8 +57,8 @@ class Loader:
         now = now_us()
         self._insert(
             Model,
-            ({"name": name, "description": "loaded by the benchmark", "metadata": {"team": "bench"},
-              "creation_time": now, "last_updated_time": now} for name in names),
+            ({"name": name, "name_key": name_key(name), "description": "loaded by the benchmark",
+              "metadata": {"team": "bench"}, "creation_time": now, "last_updated_time": now} for name in names),
         )
 
     def versions(self, model_ids: list[int], per_model: int, checkpoint_uuid: str) -> None:

@@ -169,6 +169,7 @@ class Checkpoint:
     state: CheckpointState
     storage_uri: str
     report_time: datetime.datetime | None
+    owner: str
     _registry: Registry = field(repr=False)
     _proto: checkpoint_pb2.Checkpoint = field(repr=False)
 
@@ -190,6 +191,7 @@ class Checkpoint:
             state=CheckpointState(proto.state),
             storage_uri=proto.storage_uri,
             report_time=timestamp_to_datetime(proto, "report_time"),
+            owner=proto.owner,
             _registry=registry,
             _proto=proto,
         )
@@ -331,6 +333,7 @@ class Model:
     last_updated_time: datetime.datetime | None
     num_versions: int
     latest_version: int
+    editors: list[str]
     _registry: Registry = field(repr=False)
     _proto: model_pb2.Model = field(repr=False)
 
@@ -349,6 +352,7 @@ class Model:
             last_updated_time=timestamp_to_datetime(proto, "last_updated_time"),
             num_versions=proto.num_versions,
             latest_version=proto.latest_version,
+            editors=list(proto.editors),
             _registry=registry,
             _proto=proto,
         )
@@ -399,6 +403,10 @@ class Model:
     def set_notes(self, notes: str) -> Model:
         """Replace the notes."""
         return self._update("notes", model_pb2.Model(notes=notes))
+
+    def set_editors(self, editors: Iterable[str]) -> Model:
+        """Replace the principals allowed to change the model besides its owner (owner or admin only)."""
+        return self._update("editors", model_pb2.Model(editors=list(editors)))
 
     def rename(self, new_name: str) -> Model:
         """Rename the model; its versions follow it."""

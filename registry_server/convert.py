@@ -60,6 +60,7 @@ def model(row: tables.Model) -> model_pb2.Model:
         notes=row.notes,
         archived=row.archived,
         owner=row.owner,
+        editors=row.editors,
         creation_time=timestamp(row.creation_time),
         last_updated_time=timestamp(row.last_updated_time),
         num_versions=row.num_versions,
@@ -83,6 +84,7 @@ def checkpoint(row: tables.Checkpoint) -> checkpoint_pb2.Checkpoint:
         state=row.state,
         storage_uri=row.storage_uri,
         report_time=timestamp(row.report_time),
+        owner=row.owner,
     )
 
 

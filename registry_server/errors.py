@@ -50,6 +50,10 @@ class ResourceExhausted(RegistryError):
     resources (e.g. its file storage is full)."""
 
 
+class Internal(RegistryError):
+    """A fault of the server itself (a bug): logged in full, answered without its details."""
+
+
 class DataLoss(RegistryError):
     """Stored data is missing or damaged (e.g. a checkpoint file gone from storage): retrying will not help."""
 

@@ -13,6 +13,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from modelregistry.v1 import registry_service_pb2 as pb
+
 from . import auth, budget, contract, errors
 from .servicer import STATUS_CODES, rich_status
 
@@ -26,15 +28,19 @@ def _is_mutation(rpc: str) -> bool:
 
 
 def _object(request: Any, response: Any) -> str:
-    """The object a mutation is about, as a path: models/NAME[/versions/N] or checkpoints/UUID."""
+    """The object a mutation is about, as a path: models/NAME[/versions/N|/aliases/ALIAS] or
+    checkpoints/UUID."""
     if hasattr(request, "model_name"):
         created = getattr(response, "model_version", None)
         version = (created.version if created is not None else 0) or getattr(request, "version", 0)
-        return f"models/{request.model_name}" + (f"/versions/{version}" if version else "")
+        alias = getattr(request, "alias", "")
+        return f"models/{request.model_name}" + (
+            f"/aliases/{alias}" if alias and not version else f"/versions/{version}" if version else ""
+        )
     if hasattr(request, "uuid"):
         return f"checkpoints/{request.uuid}"
-    if request is None and hasattr(response, "checkpoint"):  # an upload: the checkpoint it filled
-        return f"checkpoints/{response.checkpoint.uuid}"
+    if isinstance(request, pb.UploadCheckpointFilesRequest):  # an upload's first message names its checkpoint
+        return f"checkpoints/{request.checkpoint_uuid}"
     if hasattr(request, "checkpoint"):
         created = getattr(response, "checkpoint", None)
         return f"checkpoints/{(created.uuid if created is not None else '') or request.checkpoint.uuid}"
@@ -53,14 +59,15 @@ def _reason(context: grpc.ServicerContext) -> str:
     return ""
 
 
+# Characters that end a line for some log readers but that JSON leaves as they are: C1 controls
+# (NEL...) and the Unicode line and paragraph separators. One audit record must stay one line.
+_LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
 def _audit(principal: str, rpc: str, obj: str, outcome: str, reason: str) -> None:
     """One JSON object a line, so that log tools can filter by any field."""
-    audit_log.info(
-        json.dumps(
-            {"principal": principal, "rpc": rpc, "object": obj, "outcome": outcome, "reason": reason},
-            ensure_ascii=False,
-        )
-    )
+    record = {"principal": principal, "rpc": rpc, "object": obj, "outcome": outcome, "reason": reason}
+    audit_log.info(json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKERS))
 
 
 # The kind of each streaming RPC, by method path; every unary call is budget.UNARY.
@@ -159,6 +166,8 @@ class RegistryInterceptor(grpc.ServerInterceptor):
                 auth.reset_current(token)
                 if _is_mutation(rpc):
                     code = context.code() or grpc.StatusCode.OK
+                    if isinstance(request, list):  # a client stream: its first message, if any came
+                        request = request[0] if request else None
                     _audit(principal.name, rpc, _object(request, response), code.name, _reason(context))
 
         if handler.unary_unary is not None:
@@ -186,9 +195,17 @@ class RegistryInterceptor(grpc.ServerInterceptor):
 
             def stream_unary(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
                 admit(None, context)
-                # Refused as the handler reads them; each wait for the next one counts as idle.
-                requests = (_parse(parse, raw) for raw in budget.track_requests(ticket, raw_requests))
-                return serve_as(lambda: upload(requests, context), None, context)
+                first: list[Any] = []  # the first message names the checkpoint, for the audit line
+
+                def requests() -> Iterator[Any]:
+                    # Refused as the handler reads them; each wait for the next one counts as idle.
+                    for raw in budget.track_requests(ticket, raw_requests):
+                        request = _parse(parse, raw)
+                        if not first:
+                            first.append(request)
+                        yield request
+
+                return serve_as(lambda: upload(requests(), context), first, context)
 
             return _handler(grpc.stream_unary_rpc_method_handler, stream_unary, serialize, ticket)
         raise ValueError(f"{rpc} has no handler this interceptor knows how to wrap")

@@ -27,7 +27,7 @@ from . import db as database
 from .errors import invalid
 from .files import CheckpointFiles
 from .storage import Storage
-from .store import CheckpointQuery, ModelQuery, RegistryStore, RequestKey
+from .store import MODEL_FIELDS, VERSION_FIELDS, CheckpointQuery, ModelQuery, RegistryStore, RequestKey
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
 # WatchEvents: how often a stream looks for events committed through other replicas (its own
 # server's commits wake it at once), and how many events it reads per query.
@@ -114,6 +115,9 @@ def _refusals(db: pw.Database, context: grpc.ServicerContext, rpc: str) -> Itera
         yield
     except (errors.RegistryError, pw.PeeweeException, OSError) as error:
         _abort(context, _refusal(db, rpc, error))
+    except Exception:  # a bug: its text (SQL, paths, values) is for the log, never for the caller
+        log.exception("%s failed", rpc)
+        _abort(context, errors.Internal("INTERNAL_ERROR", "the server failed on this request; the failure is logged"))
 
 
 def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callable[..., Any]:
@@ -125,7 +129,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
 
         @functools.wraps(method)
         def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
+            with _refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
                 validation.check_request(request)
                 yield from method(self, request, context)
 
@@ -134,7 +138,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
 
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        with _refusals(self.store.db, context, method.__name__), self.store.acting_as(self._owner(context)):
+        with _refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
             if isinstance(request, Message):  # a client stream is checked message by message
                 validation.check_request(request)
             with self.store.db.connection_context() if hold_connection else contextlib.nullcontext():
@@ -142,6 +146,13 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
         return response_type()
 
     return handler
+
+
+def _actor() -> tuple[str, bool]:
+    """The principal making the call (empty on servers that do not authenticate callers, where
+    everyone is an admin), and whether it is an admin: what the store checks ownership against."""
+    principal = auth.current()
+    return principal.name, principal.role == auth.ADMIN
 
 
 def _request_key(method: str, request: Any) -> RequestKey | None:
@@ -182,7 +193,7 @@ def _changes(mask_paths: list[str], message: Any, fields: tuple[str, ...]) -> di
         value = getattr(message, path)
         if path == "metadata":
             value = convert.from_struct(value, path)
-        elif path == "labels":
+        elif path in ("labels", "editors"):
             value = list(value)
         changes[path] = value
     return changes
@@ -218,14 +229,6 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self._stopping.set()
         self.wake_watchers()
 
-    def _owner(self, context: grpc.ServicerContext) -> str:
-        """The principal making the call; empty on servers that do not authenticate callers."""
-        return auth.current().name
-
-    def _only_owner(self, context: grpc.ServicerContext) -> str | None:
-        """Whose objects the caller may delete: its own (editors), or anyone's (None: admins)."""
-        principal = auth.current()
-        return principal.name if principal.deletes_only_own else None
 
     # Models
 
@@ -237,8 +240,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             convert.from_struct(request.metadata, "metadata"),
             list(request.labels),
             request.notes,
-            owner=self._owner(context),
             request=_request_key("CreateModel", request),
+            editors=list(request.editors),
         )
         return pb.CreateModelResponse(model=convert.model(row))
 
@@ -266,7 +269,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     @_rpc
     def UpdateModel(self, request: pb.UpdateModelRequest, context: grpc.ServicerContext) -> pb.UpdateModelResponse:
-        changes = _changes(list(request.update_mask.paths), request.model, ("description", "metadata", "labels", "notes"))
+        changes = _changes(list(request.update_mask.paths), request.model, MODEL_FIELDS)
         return pb.UpdateModelResponse(model=convert.model(self.store.update_model(request.name, changes)))
 
     @_rpc
@@ -293,7 +296,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     @_rpc
     def DeleteModel(self, request: pb.DeleteModelRequest, context: grpc.ServicerContext) -> pb.DeleteModelResponse:
-        self.store.delete_model(request.name, only_owner=self._only_owner(context))
+        self.store.delete_model(request.name)
         return pb.DeleteModelResponse()
 
     @_rpc
@@ -316,7 +319,6 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             labels=list(request.labels),
             metadata=convert.from_struct(request.metadata, "metadata"),
             notes=request.notes,
-            owner=self._owner(context),
             checkpoint=_checkpoint_values(request.checkpoint, "checkpoint") if request.HasField("checkpoint") else None,
             create_model_if_missing=request.create_model_if_missing,
             aliases=list(request.aliases),
@@ -350,7 +352,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self, request: pb.UpdateModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateModelVersionResponse:
         changes = _changes(
-            list(request.update_mask.paths), request.model_version, ("name", "comment", "labels", "metadata", "notes")
+            list(request.update_mask.paths), request.model_version, VERSION_FIELDS
         )
         row = self.store.update_version(request.model_name, request.version, changes)
         return pb.UpdateModelVersionResponse(model_version=convert.model_version(row))
@@ -359,7 +361,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def DeleteModelVersion(
         self, request: pb.DeleteModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteModelVersionResponse:
-        self.store.delete_version(request.model_name, request.version, only_owner=self._only_owner(context))
+        self.store.delete_version(request.model_name, request.version)
         return pb.DeleteModelVersionResponse()
 
     # Checkpoints

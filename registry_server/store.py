@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import math
 import threading
 import time
+import unicodedata
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -51,7 +53,7 @@ MODEL_SORT_KEYS = {
     "last_updated_time": Model.last_updated_time,
     "num_versions": Model.num_versions,
 }
-MODEL_FIELDS = ("description", "metadata", "labels", "notes")
+MODEL_FIELDS = ("description", "metadata", "labels", "notes", "editors")
 VERSION_FIELDS = ("name", "comment", "labels", "metadata", "notes")
 # PostgreSQL channel notified (at commit) of every transaction that appended events.
 EVENTS_CHANNEL = "model_registry_events"
@@ -85,6 +87,17 @@ class RequestKey:
     request_id: str
     method: str
     fingerprint: str
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is writing: the principal recorded as owner and in events, and whether it is an admin."""
+
+    name: str
+    admin: bool
+
+
+_ADMIN = Actor("", True)
 
 
 def now_us() -> int:
@@ -146,14 +159,47 @@ class RegistryStore:
         self._checkpoint_by_uuid = PreparedQuery(Checkpoint.select().where(Checkpoint.uuid == param("uuid")).limit(1))
 
     @contextlib.contextmanager
-    def acting_as(self, principal: str) -> Iterator[None]:
-        """Attributes the events written by this thread, until the block ends, to `principal`."""
-        previous = getattr(self._local, "principal", "")
-        self._local.principal = principal
+    def acting_as(self, principal: str, admin: bool = True) -> Iterator[None]:
+        """Attributes what this thread writes, until the block ends, to `principal`, and checks its
+        changes against ownership unless it is an `admin` (as everyone is on servers without tokens,
+        and direct users of the store)."""
+        previous = getattr(self._local, "actor", None)
+        self._local.actor = Actor(principal, admin)
         try:
             yield
         finally:
-            self._local.principal = previous
+            self._local.actor = previous
+
+    def _actor(self) -> Actor:
+        return getattr(self._local, "actor", None) or _ADMIN
+
+    def _may_change(self, model: Model, version: ModelVersion | None = None) -> None:
+        """Changes to a model, its versions and aliases are for its owner, the editors it names, and
+        admins; changes to one version also for that version's owner."""
+        actor = self._actor()
+        owners = (model.owner, version.owner if version is not None else None)
+        if not (actor.admin or actor.name in owners or actor.name in model.editors):
+            raise PermissionDenied(
+                "NOT_MODEL_EDITOR",
+                f"{actor.name!r} may not change model {model.name!r}: it is owned by {model.owner!r}, who may "
+                "name editors",
+                principal=actor.name,
+                owner=model.owner,
+                model_name=model.name,
+            )
+
+    def _must_own(self, what: str, *rows: Model | ModelVersion | Checkpoint, **names: object) -> None:
+        """Deleting, renaming, archiving, naming editors, uploading files: for an owner of one of
+        `rows` (e.g. a version or its model), or an admin."""
+        actor = self._actor()
+        if not (actor.admin or actor.name in {row.owner for row in rows}):
+            raise PermissionDenied(
+                "NOT_OWNER",
+                f"{actor.name!r} may not {what}: only its owner ({rows[0].owner!r}) or an admin may",
+                principal=actor.name,
+                owner=rows[0].owner,
+                **names,
+            )
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -197,7 +243,7 @@ class RegistryStore:
         )
         last = next(iter(query.execute())).last_sequence
         now = now_us()
-        principal = getattr(self._local, "principal", "")
+        principal = self._actor().name
         rows = [
             {**event, "sequence": last - len(events) + i, "time": now, "principal": principal}
             for i, event in enumerate(events, start=1)
@@ -208,7 +254,7 @@ class RegistryStore:
             self.db.execute_sql("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(last)))
 
     def _principal(self) -> str:
-        return getattr(self._local, "principal", "")
+        return self._actor().name
 
     # Idempotent creates -------------------------------------------------------------------------
 
@@ -217,7 +263,9 @@ class RegistryStore:
         same id is refused."""
         if key is None:
             return None
-        record = RequestRecord.get_or_none(RequestRecord.request_id == key.request_id)
+        record = RequestRecord.get_or_none(
+            (RequestRecord.principal == self._principal()) & (RequestRecord.request_id == key.request_id)
+        )
         if record is None:
             return None
         if (record.method, record.fingerprint) != (key.method, key.fingerprint):
@@ -248,6 +296,7 @@ class RegistryStore:
                 row = create()
                 if key is not None:
                     RequestRecord.create(
+                        principal=self._principal(),
                         request_id=key.request_id,
                         method=key.method,
                         fingerprint=key.fingerprint,
@@ -297,28 +346,42 @@ class RegistryStore:
         metadata: dict[str, Any] | None = None,
         labels: list[str] | None = None,
         notes: str = "",
-        owner: str = "",
+        owner: str | None = None,
         request: RequestKey | None = None,
+        editors: list[str] | None = None,
     ) -> Model:
+        """Creates a model owned by `owner` (by default the principal acting)."""
+        name = validation.name(name)
         values = {
-            "name": validation.name(name),
+            "name": name,
             "description": validation.text(description, "description"),
             "metadata": validation.json_object(metadata or {}, "metadata"),
             "labels": validation.labels(labels or []),
             "notes": validation.notes(notes),
-            "owner": owner,
+            "owner": self._principal() if owner is None else owner,
+            "editors": validation.principals(editors or [], "editors"),
         }
         return self._create_once(
             request,
             lambda: self._insert_model(values),
-            Model.get_by_id,
+            self._created_model,
             lambda: AlreadyExists("MODEL_ALREADY_EXISTS", f"model {name!r} already exists", model_name=name),
         )
 
+    @staticmethod
+    def _created_model(row_id: int) -> Model:
+        model = Model.get_or_none(Model.id == row_id)
+        if model is None:
+            raise _result_deleted("model")
+        return model
+
     def _insert_model(self, values: dict[str, Any], *, if_missing: bool = False) -> Model | None:
-        """Inserts a model of validated values; with `if_missing`, None when the name is taken."""
+        """Inserts a model of validated values; with `if_missing`, None when the name is taken.
+        A name that differs from a taken one only by case or Unicode form is refused."""
         now = now_us()
-        query = Model.insert(creation_time=now, last_updated_time=now, **values)
+        key = validation.name_key(values["name"])
+        self._refuse_twin(values["name"], key)
+        query = Model.insert(creation_time=now, last_updated_time=now, name_key=key, **values)
         if if_missing:
             query = query.on_conflict_ignore()
         inserted = list(query.returning(Model).execute())
@@ -328,8 +391,25 @@ class RegistryStore:
         self._event(EventKind.MODEL_CREATED, values["name"])
         return inserted[0]
 
+    def _refuse_twin(self, name: str, key: str, model_id: int = 0) -> None:
+        """Within a write: refuses `name` when another model (not `model_id`) has a different name that
+        compares equal to it (same name_key); the same name is the unique index's to refuse. On
+        PostgreSQL a transaction lock on the key serialises the check with a concurrent twin's insert;
+        SQLite serialises writers anyway."""
+        if not self._sqlite:
+            lock = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        twin = Model.select(Model.name).where(Model.name_key == key, Model.name != name, Model.id != model_id).first()
+        if twin is not None:
+            raise AlreadyExists(
+                "MODEL_ALREADY_EXISTS",
+                f"model {twin.name!r} exists, and names that differ only by case or Unicode form are the same name",
+                model_name=name,
+                existing_name=twin.name,
+            )
+
     def get_model(self, name: str) -> Model:
-        model = self._model_by_name.first(self.db, name=name)
+        model = self._model_by_name.first(self.db, name=_nfc(name))
         if model is None:
             raise model_not_found(name)
         return model
@@ -381,19 +461,26 @@ class RegistryStore:
         return paging.Page(rows, token, total)
 
     def _name_contains(self, text: str) -> pw.Expression:
-        """Models whose name contains `text`, case-insensitively. On SQLite, texts of three or more
-        characters are looked up in the trigram index of migration 0005 (its LIKE takes no ESCAPE, so
-        texts with LIKE wildcards take the scan)."""
-        if self._sqlite and len(text) >= 3 and not any(c in text for c in "%_\\"):
-            return Model.id.in_(pw.SQL("(SELECT rowid FROM model_name_search WHERE name LIKE ?)", [f"%{text}%"]))
-        return Model.name.contains(text)
+        """Models whose name contains `text`, ignoring case the same way on both databases: the folded
+        text within the folded name (name_key). On SQLite, texts of three or more characters are looked
+        up in the trigram index of migrations 0005/0007 (its LIKE takes no ESCAPE, so texts with LIKE
+        wildcards take the scan)."""
+        folded = validation.name_key(text)
+        if self._sqlite and len(folded) >= 3 and not any(c in folded for c in "%_\\"):
+            return Model.id.in_(pw.SQL("(SELECT rowid FROM model_name_search WHERE name_key LIKE ?)", [f"%{folded}%"]))
+        # Both sides are folded already: PostgreSQL compares them with LIKE (its ILIKE would fold
+        # again, by rules of its own); peewee spells SQLite's LIKE (which folds ASCII only) "ILIKE".
+        operator = pw.OP.ILIKE if self._sqlite else pw.OP.LIKE
+        return pw.Expression(Model.name_key, operator, Model.name_key._escape_like_expr(folded, "%%%s%%"))
 
     def _lock_model(self, model_name: str, *, editable: bool = True, **changes: Any) -> Model:
         """Updates the model row first, so that the row (PostgreSQL) or the database (SQLite) is locked
         before anything is read; returns the row as updated. Refuses archived models when `editable`.
-        Call inside a write transaction: raising rolls the update back."""
+        Call inside a write transaction: raising rolls the update back (ownership is checked by the
+        caller on the row returned, under the same lock)."""
         changes.setdefault("last_updated_time", now_us())
-        model = next(iter(Model.update(**changes).where(Model.name == model_name).returning(Model).execute()), None)
+        query = Model.update(**changes).where(Model.name == _nfc(model_name)).returning(Model)
+        model = next(iter(query.execute()), None)
         if model is None:
             raise model_not_found(model_name)
         if editable and model.archived:
@@ -408,21 +495,32 @@ class RegistryStore:
             ModelLabel.insert_many([(model_id, label) for label in labels], [ModelLabel.model, ModelLabel.label]).execute()
 
     def update_model(self, name: str, changes: dict[str, Any]) -> Model:
-        """Replaces the given fields (of MODEL_FIELDS)."""
+        """Replaces the given fields (of MODEL_FIELDS); `editors` only by the owner or an admin."""
         values = self._validated_changes(changes, MODEL_FIELDS)
         with self._write():
-            model = self._lock_model(name, **values)
+            model = self._lock_model(name)  # checked as it was, not as the update would leave it
+            self._may_change(model)
+            if "editors" in values:
+                self._must_own(f"name the editors of model {model.name!r}", model, model_name=model.name)
+            Model.update(**values).where(Model.id == model.id).execute()
+            model.__data__.update(values)
             if "labels" in values:
                 self._set_label_rows(model.id, values["labels"])
             self._event(EventKind.MODEL_UPDATED, name)
         return model
 
     def rename_model(self, name: str, new_name: str) -> Model:
-        validation.name(new_name, "new_name")
+        """Renames a model (its owner or an admin): pipelines and alias lookups resolve names, so a
+        rename is as consequential as a delete."""
+        new_name = validation.name(new_name, "new_name")
+        key = validation.name_key(new_name)
         try:
             with self._write():
-                self._event(EventKind.MODEL_RENAMED, name, new_model_name=new_name)
-                return self._lock_model(name, name=new_name)
+                model = self._lock_model(name, name=new_name, name_key=key)
+                self._must_own(f"rename model {name!r}", model, model_name=name)
+                self._refuse_twin(new_name, key, model.id)
+                self._event(EventKind.MODEL_RENAMED, _nfc(name), new_model_name=new_name)
+                return model
         except pw.IntegrityError:
             raise AlreadyExists(
                 "MODEL_ALREADY_EXISTS", f"model {new_name!r} already exists", model_name=new_name
@@ -435,6 +533,7 @@ class RegistryStore:
         remove_keys = validation.metadata_keys(remove_keys)
         with self._write():
             model = self._lock_model(name)
+            self._may_change(model)
             metadata = {**model.metadata, **merge}
             for key in remove_keys:
                 metadata.pop(key, None)
@@ -444,19 +543,20 @@ class RegistryStore:
         return model
 
     def set_archived(self, name: str, archived: bool) -> Model:
+        """Archives or unarchives a model (its owner or an admin)."""
         with self._write():
-            self._event(EventKind.MODEL_ARCHIVED if archived else EventKind.MODEL_UNARCHIVED, name)
-            return self._lock_model(name, editable=False, archived=archived)
+            model = self._lock_model(name, editable=False, archived=archived)
+            self._must_own(f"{'archive' if archived else 'unarchive'} model {model.name!r}", model, model_name=model.name)
+            self._event(EventKind.MODEL_ARCHIVED if archived else EventKind.MODEL_UNARCHIVED, model.name)
+            return model
 
-    def delete_model(self, name: str, only_owner: str | None = None) -> None:
-        """Deletes the model; its versions and labels go with it (ON DELETE CASCADE). With `only_owner`,
-        only when that principal owns the model."""
+    def delete_model(self, name: str) -> None:
+        """Deletes the model (its owner or an admin); its versions and labels go with it (ON DELETE CASCADE)."""
         with self._write():
-            if only_owner is not None:
-                _check_owner(self._lock_model(name, editable=False), only_owner, model_name=name)
-            if not Model.delete().where(Model.name == name).execute():
-                raise model_not_found(name)
-            self._event(EventKind.MODEL_DELETED, name)
+            model = self._lock_model(name, editable=False)
+            self._must_own(f"delete model {model.name!r}", model, model_name=model.name)
+            Model.delete().where(Model.id == model.id).execute()
+            self._event(EventKind.MODEL_DELETED, model.name)
 
     def list_model_labels(self) -> list[str]:
         uses = pw.fn.COUNT(ModelLabel.id)
@@ -474,7 +574,7 @@ class RegistryStore:
         labels: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         notes: str = "",
-        owner: str = "",
+        owner: str | None = None,
         *,
         checkpoint: dict[str, Any] | None = None,
         create_model_if_missing: bool = False,
@@ -483,7 +583,9 @@ class RegistryStore:
     ) -> ModelVersion:
         """Registers a checkpoint as the model's next version. With `checkpoint` (Checkpoint fields, in
         place of `checkpoint_uuid`) the checkpoint is recorded, with `create_model_if_missing` the model
-        is created, and `aliases` are pointed at the new version: all in one transaction."""
+        is created, and `aliases` are pointed at the new version: all in one transaction. The version
+        is owned by `owner` (by default the principal acting), which must be allowed to change the model."""
+        owner = self._principal() if owner is None else owner
         values = self._validated_changes(
             {"name": name, "comment": comment, "labels": labels or [], "metadata": metadata or {}, "notes": notes},
             VERSION_FIELDS,
@@ -496,7 +598,8 @@ class RegistryStore:
         aliases = [validation.alias(alias) for alias in dict.fromkeys(aliases or [])]
         new_model = None
         if create_model_if_missing:
-            new_model = {"name": validation.name(model_name, "model_name"), "labels": [], "owner": owner}
+            model_name = validation.name(model_name, "model_name")
+            new_model = {"name": model_name, "labels": [], "owner": owner, "editors": []}
 
         def create() -> ModelVersion:
             if new_model is not None:
@@ -511,6 +614,7 @@ class RegistryStore:
                 num_versions=Model.num_versions + 1,
                 last_updated_time=now,
             )
+            self._may_change(model)
             if checkpoint_values is not None:
                 checkpoint_row = self._insert_checkpoint(checkpoint_values)
             else:
@@ -609,32 +713,33 @@ class RegistryStore:
         return paging.Page(self._with_aliases(rows), token, model.num_versions)
 
     def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
-        """Replaces the given fields (of VERSION_FIELDS)."""
+        """Replaces the given fields (of VERSION_FIELDS): by whoever may change the model, or the
+        version's own owner."""
         validation.version(version)
         values = self._validated_changes(changes, VERSION_FIELDS)
         now = now_us()
         with self._write():
             model = self._lock_model(model_name, last_updated_time=now)
-            updated = (
-                ModelVersion.update(last_updated_time=now, **values)
-                .where(ModelVersion.model == model.id, ModelVersion.version == version)
-                .execute()
-            )
-            if not updated:
-                raise version_not_found(model_name, version)
-            self._event(EventKind.MODEL_VERSION_UPDATED, model_name, version=version)
-        return self.get_version(model_name, version)
+            row = self._version_row(model, version)
+            self._may_change(model, row)
+            ModelVersion.update(last_updated_time=now, **values).where(ModelVersion.id == row.id).execute()
+            self._event(EventKind.MODEL_VERSION_UPDATED, model.name, version=version)
+        return self.get_version(model.name, version)
 
-    def delete_version(self, model_name: str, version: int, only_owner: str | None = None) -> None:
-        """With `only_owner`, only when that principal owns the version or its model."""
+    @staticmethod
+    def _version_row(model: Model, version: int) -> ModelVersion:
+        row = ModelVersion.get_or_none(ModelVersion.model == model.id, ModelVersion.version == version)
+        if row is None:
+            raise version_not_found(model.name, version)
+        return row
+
+    def delete_version(self, model_name: str, version: int) -> None:
+        """Deletes a version: its owner's, its model owner's or an admin's to delete."""
         validation.version(version)
         with self._write():
             model = self._lock_model(model_name)
-            if only_owner is not None and model.owner != only_owner:
-                row = ModelVersion.get_or_none(ModelVersion.model == model.id, ModelVersion.version == version)
-                if row is None:
-                    raise version_not_found(model_name, version)
-                _check_owner(row, only_owner, model_name=model_name, version=version)
+            row = self._version_row(model, version)
+            self._must_own(f"delete version {version} of model {model.name!r}", row, model, model_name=model.name, version=version)
             # Aliases are moved under the same model row lock, so none can start pointing here now.
             pointing = [a for (a,) in ModelAlias.select(ModelAlias.alias).where(
                 ModelAlias.model == model.id, ModelAlias.version == version
@@ -674,15 +779,16 @@ class RegistryStore:
         validation.version(version)
         with self._write():
             model = self._lock_model(model_name)
-            if not ModelVersion.select().where(ModelVersion.model == model.id, ModelVersion.version == version).exists():
-                raise version_not_found(model_name, version)
+            self._may_change(model)
+            self._version_row(model, version)
             self._point_alias(model, alias, version)
-        return self.get_version(model_name, version)
+        return self.get_version(model.name, version)
 
     def delete_alias(self, model_name: str, alias: str) -> None:
         alias = validation.alias(alias)
         with self._write():
             model = self._lock_model(model_name)
+            self._may_change(model)
             current = ModelAlias.get_or_none(ModelAlias.model == model.id, ModelAlias.alias == alias)
             if current is None:
                 raise _alias_not_found(model_name, alias)
@@ -746,9 +852,16 @@ class RegistryStore:
         return self._create_once(
             request,
             lambda: self._insert_checkpoint(values),
-            Checkpoint.get_by_id,
+            self._created_checkpoint,
             lambda: _checkpoint_exists(values["uuid"]),
         )
+
+    @staticmethod
+    def _created_checkpoint(row_id: int) -> Checkpoint:
+        checkpoint = Checkpoint.get_or_none(Checkpoint.id == row_id)
+        if checkpoint is None:
+            raise _result_deleted("checkpoint")
+        return checkpoint
 
     @staticmethod
     def _checkpoint_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -770,7 +883,9 @@ class RegistryStore:
 
     def _insert_checkpoint(self, values: dict[str, Any]) -> Checkpoint:
         now = now_us()
-        checkpoint = Checkpoint.create(creation_time=now, **{**values, "report_time": values.get("report_time") or now})
+        checkpoint = Checkpoint.create(
+            creation_time=now, owner=self._principal(), **{**values, "report_time": values.get("report_time") or now}
+        )
         self._event(EventKind.CHECKPOINT_CREATED, checkpoint_uuid=checkpoint.uuid)
         return checkpoint
 
@@ -853,6 +968,7 @@ class RegistryStore:
                 checkpoint = Checkpoint.get_or_none(Checkpoint.uuid == uuid)
                 if checkpoint is None:
                     raise checkpoint_not_found(uuid)
+                self._must_own(f"delete checkpoint {uuid!r}", checkpoint, checkpoint_uuid=uuid)
                 _refuse_in_use(checkpoint)
                 checkpoint.delete_instance()
                 self._event(EventKind.CHECKPOINT_DELETED, checkpoint_uuid=uuid)
@@ -867,6 +983,7 @@ class RegistryStore:
         """The checkpoint, if files may be uploaded to it: the files of a registered model stay as
         they were registered."""
         checkpoint = self.get_checkpoint(uuid)
+        self._must_own(f"upload files to checkpoint {checkpoint.uuid!r}", checkpoint, checkpoint_uuid=checkpoint.uuid)
         _refuse_in_use(checkpoint)
         return checkpoint
 
@@ -882,6 +999,7 @@ class RegistryStore:
             checkpoint = next(iter(query.execute()), None)
             if checkpoint is None:
                 raise checkpoint_not_found(uuid)  # deleted while its files were uploading
+            self._must_own(f"upload files to checkpoint {uuid!r}", checkpoint, checkpoint_uuid=uuid)
             _refuse_in_use(checkpoint)
             publish()
             checkpoint.resources = {
@@ -932,6 +1050,8 @@ class RegistryStore:
                 values[key] = validation.json_object(value, key)
             elif key == "notes":
                 values[key] = validation.notes(value)
+            elif key == "editors":
+                values[key] = validation.principals(value, key)
             else:
                 values[key] = validation.text(value, key)
         return values
@@ -954,15 +1074,13 @@ def _refuse_in_use(checkpoint: Checkpoint) -> None:
     )
     if user is not None:
         raise _checkpoint_in_use(checkpoint.uuid, user.model.name, user.version)
-def _check_owner(row: Model | ModelVersion, principal: str, **names: object) -> None:
-    if row.owner != principal:
-        raise PermissionDenied(
-            "NOT_OWNER",
-            f"{principal!r} may delete only what it owns; this is owned by {row.owner!r}",
-            principal=principal,
-            owner=row.owner,
-            **names,
-        )
+def _nfc(name: str) -> str:
+    """Names are stored in NFC: a lookup in another Unicode form finds them too."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _result_deleted(what: str) -> NotFound:
+    return NotFound("REQUEST_RESULT_DELETED", f"the {what} this request created has been deleted since")
 
 
 def _checkpoint_in_use(uuid: str, model_name: str, version: int) -> FailedPrecondition:

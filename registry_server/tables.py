@@ -17,12 +17,16 @@ class Model(Table):
     """A registered model. Counters live on the row so that a version number is taken by one UPDATE."""
 
     name = pw.CharField(max_length=256, unique=True)
+    # The name as it is compared: NFC and case-folded (validation.name_key). Twins are refused by the
+    # store; the name filter matches on it.
+    name_key = pw.TextField(default="", index=True)
     description = pw.TextField(default="")
     metadata = pw.JSONField(default=dict)
     labels = pw.JSONField(default=list)
     notes = pw.TextField(default="")
     archived = pw.BooleanField(default=False)
     owner = pw.CharField(max_length=256, default="")
+    editors = pw.JSONField(default=list)  # principals the owner lets change the model besides itself
     creation_time = pw.BigIntegerField()  # microseconds since the epoch, UTC: exact and sortable
     last_updated_time = pw.BigIntegerField()
     num_versions = pw.IntegerField(default=0)
@@ -70,6 +74,7 @@ class Checkpoint(Table):
     creation_time = pw.BigIntegerField()
     # path -> SHA-256 (hex) of each file stored in the registry's storage; their sizes are in resources.
     file_digests = pw.JSONField(default=dict)
+    owner = pw.CharField(max_length=256, default="")  # the principal that created it
 
     class Meta:
         table_name = "checkpoint"
@@ -153,7 +158,8 @@ class EventCounter(Table):
 class RequestRecord(Table):
     """A create that carried a request_id, so that a retry returns its result instead of creating again."""
 
-    request_id = pw.CharField(max_length=128, unique=True)
+    principal = pw.CharField(max_length=256, default="")  # ids are scoped by the caller that sent them
+    request_id = pw.CharField(max_length=128)
     method = pw.CharField(max_length=64)
     fingerprint = pw.CharField(max_length=64)  # hash of the request, request_id left out
     result_id = pw.BigIntegerField()  # id of the created row (model, model version or checkpoint)
@@ -161,6 +167,7 @@ class RequestRecord(Table):
 
     class Meta:
         table_name = "request_record"
+        indexes = ((("principal", "request_id"), True),)
 
 
 class ModelCount(Table):
@@ -173,6 +180,11 @@ class ModelCount(Table):
         table_name = "model_count"
 
 
-ALL_TABLES = [
-    Model, ModelLabel, Checkpoint, ModelVersion, ModelAlias, AliasChange, Event, EventCounter, RequestRecord, ModelCount
-]
+class RegistrySecret(Table):
+    """Secrets of this database, shared by every replica on it (e.g. the key that signs page tokens)."""
+
+    name = pw.CharField(max_length=64, primary_key=True)
+    value = pw.CharField(max_length=256)
+
+    class Meta:
+        table_name = "registry_secret"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from typing import Any, Iterable
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -33,8 +34,18 @@ MAX_REQUEST_ID_LENGTH = 128
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+# Categories refused anywhere in a name: controls (C0 and C1), format characters (bidi overrides,
+# zero-width joiners...), surrogates, private use, unassigned code points, line and paragraph separators.
+_NAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Letters of these scripts look alike; one name mixing Latin with either is a likely spoof.
+_LOOKALIKE_SCRIPTS = ("CYRILLIC", "GREEK")
+
+
 def name(value: str, field: str = "name") -> str:
-    """Model names: 1 to 256 characters, no slash or backslash, not all digits, trimmed, printable."""
+    """Model names, as stored: in Unicode NFC; 1 to 256 characters, no slash or backslash, not all
+    digits, no leading or trailing whitespace, no control, format or separator characters, and no
+    Latin letters beside Cyrillic or Greek ones."""
+    value = unicodedata.normalize("NFC", value)
     if not value:
         raise invalid("INVALID_NAME", f"{field} must not be empty", field=field)
     if len(value) > MAX_NAME_LENGTH:
@@ -52,11 +63,31 @@ def name(value: str, field: str = "name") -> str:
         problem = "must not be all digits"
     elif value != value.strip():
         problem = "must not start or end with whitespace"
-    elif _CONTROL.search(value):
-        problem = "must not contain control characters"
+    elif any(unicodedata.category(c) in _NAME_REFUSED_CATEGORIES for c in value):
+        problem = "must not contain control, format, separator or unassigned characters"
+    elif _mixes_lookalike_scripts(value):
+        problem = "must not mix Latin letters with Cyrillic or Greek ones"
     if problem:
-        raise invalid("INVALID_NAME", f"{field} {problem}", field=field, value=value[:MAX_NAME_LENGTH])
+        raise invalid("INVALID_NAME", f"{field} {problem}", field=field, value=_printable(value[:MAX_NAME_LENGTH]))
     return value
+
+
+def name_key(value: str) -> str:
+    """A name as names are compared: NFC, case-folded. Two models never share one."""
+    return unicodedata.normalize("NFC", value).casefold()
+
+
+def _mixes_lookalike_scripts(value: str) -> bool:
+    scripts = {unicodedata.name(c, "").split(" ", 1)[0] for c in value if c.isalpha()}
+    return "LATIN" in scripts and any(script in scripts for script in _LOOKALIKE_SCRIPTS)
+
+
+def _printable(value: str) -> str:
+    """A refused value as it may be echoed in an error: characters that could rewrite a terminal or
+    reorder text are escaped."""
+    return "".join(
+        c if unicodedata.category(c) not in _NAME_REFUSED_CATEGORIES else f"\\u{ord(c):04x}" for c in value
+    )
 
 
 def text(value: str, field: str, limit: int = MAX_TEXT_LENGTH) -> str:
@@ -93,6 +124,22 @@ def labels(values: Iterable[str], field: str = "labels") -> list[str]:
         raise invalid(
             "TOO_MANY_LABELS", f"at most {MAX_LABELS} labels", field=field, count=len(result), limit=MAX_LABELS
         )
+    return result
+
+
+def principals(values: Iterable[str], field: str) -> list[str]:
+    """Principal names (e.g. a model's editors): 1 to 256 printable characters each, duplicates
+    dropped, order kept, at most 64."""
+    result: list[str] = []
+    for value in values:
+        if not value or len(value) > MAX_NAME_LENGTH or _CONTROL.search(value) or value != value.strip():
+            raise invalid(
+                "INVALID_PRINCIPAL", f"each of {field} is 1 to {MAX_NAME_LENGTH} printable characters", field=field
+            )
+        if value not in result:
+            result.append(value)
+    if len(result) > MAX_LABELS:
+        raise invalid(f"TOO_MANY_{field.upper()}", f"at most {MAX_LABELS} {field}", field=field, limit=MAX_LABELS)
     return result
 
 

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from modelregistry.v1 import registry_service_pb2 as pb
 from registry_client import Registry
 from registry_client.errors import (
+    InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
     from_rpc_error,
@@ -35,9 +36,8 @@ READS = {"GetModel", "ListModels", "ListModelLabels", "GetModelVersion", "ListMo
          "ListCheckpoints", "ListAliasHistory", "WatchEvents", "DownloadCheckpointFiles"}
 EDITS = {"CreateModel", "UpdateModel", "RenameModel", "UpdateModelMetadata", "ArchiveModel", "UnarchiveModel",
          "DeleteModel", "CreateModelVersion", "UpdateModelVersion", "DeleteModelVersion", "CreateCheckpoint",
-         "SetModelAlias", "DeleteModelAlias", "UploadCheckpointFiles"}
-ADMIN_ONLY = {"DeleteCheckpoint"}
-ALLOWED = {"viewer": READS, "editor": READS | EDITS, "admin": READS | EDITS | ADMIN_ONLY}
+         "DeleteCheckpoint", "SetModelAlias", "DeleteModelAlias", "UploadCheckpointFiles"}
+ALLOWED = {"viewer": READS, "editor": READS | EDITS, "admin": READS | EDITS}
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def call(server: RegistryServer, method: str, token: str | None) -> grpc.StatusC
 
 
 def test_the_role_table_covers_every_rpc() -> None:
-    assert READS | EDITS | ADMIN_ONLY == {m.name for m in SERVICE.methods}
+    assert READS | EDITS == {m.name for m in SERVICE.methods}
 
 
 @pytest.mark.parametrize("who", ["viewer", "alice", "admin"])
@@ -135,45 +135,94 @@ def test_health_and_reflection_need_no_token(secured: RegistryServer) -> None:
     assert SERVICE.full_name in {s.name for s in answer.list_services_response.service}
 
 
-def test_the_principal_is_the_owner_and_editors_delete_only_their_own(secured: RegistryServer) -> None:
+def test_the_principal_is_the_owner_and_only_owners_and_named_editors_change_a_model(secured: RegistryServer) -> None:
+    """The ownership rule (README, Security): a model is changed by its owner, the editors it names, or
+    an admin; renamed, archived, deleted and given editors by its owner or an admin. A checkpoint's
+    files are uploaded, and it is deleted, by its owner or an admin. (Before: any editor could rename
+    another's model and take its name, repoint its aliases, or overwrite anyone's checkpoint files.)"""
+
+    def refused(reason: str, attempt) -> None:
+        with pytest.raises(PermissionDeniedError) as refusal:
+            attempt()
+        assert refusal.value.reason == reason
+
     with client(secured, "alice") as alice, client(secured, "bob") as bob, client(secured, "admin") as admin:
         checkpoint = alice.create_checkpoint()
+        assert checkpoint.owner == "alice"
         mine = alice.create_model("alices")
-        assert mine.owner == "alice"
         theirs = bob.create_model("bobs")
-        assert theirs.owner == "bob"
+        assert (mine.owner, theirs.owner) == ("alice", "bob")
         assert alice.get_models(owner="bob")[0].name == "bobs"
+        version = theirs.register_version(checkpoint.uuid)
+        theirs.set_alias("production", version.version)
 
-        # Editors edit anything, but delete only what they own.
-        alice.get_model("bobs").set_description("edited by alice")
-        bobs_version = theirs.register_version(checkpoint.uuid)
-        alices_version = alice.get_model("bobs").register_version(checkpoint.uuid)
-        assert (bobs_version.owner, alices_version.owner) == ("bob", "alice")
-        with pytest.raises(PermissionDeniedError) as refused:
-            alice.delete_model("bobs")
-        assert refused.value.reason == "NOT_OWNER"
-        assert refused.value.metadata["owner"] == "bob"
-        with pytest.raises(PermissionDeniedError) as refused:
-            alice.get_model("bobs").get_version(1).delete()
-        assert refused.value.reason == "NOT_OWNER"
-        alice.get_model("bobs").get_version(2).delete()  # her own version in bob's model
-        bob_model = bob.get_model("bobs")
-        assert [v.version for v in bob_model.get_versions()] == [1]
+        # Alice is not an editor of bob's model: she changes nothing of it.
+        bobs = alice.get_model("bobs")
+        refused("NOT_MODEL_EDITOR", lambda: bobs.set_description("edited by alice"))
+        refused("NOT_MODEL_EDITOR", lambda: bobs.add_metadata({"k": "v"}))
+        refused("NOT_MODEL_EDITOR", lambda: bobs.register_version(checkpoint.uuid))
+        refused("NOT_MODEL_EDITOR", lambda: bobs.set_alias("production", 1))
+        refused("NOT_MODEL_EDITOR", lambda: bobs.delete_alias("production"))
+        refused("NOT_MODEL_EDITOR", lambda: bobs.get_version(1).set_comment("mine now"))
+        refused("NOT_OWNER", lambda: bobs.rename("bobs-old"))  # and then take over the name: no
+        refused("NOT_OWNER", lambda: bobs.archive())
+        refused("NOT_OWNER", lambda: alice.delete_model("bobs"))
+        refused("NOT_OWNER", lambda: bobs.get_version(1).delete())
+
+        # Bob names her an editor: she may change the model and register, not rename, archive,
+        # delete it or name editors.
+        refused("NOT_MODEL_EDITOR", lambda: bobs.set_editors(["alice"]))
+        assert theirs.set_editors(["alice", "alice"]).editors == ["alice"]
+        bobs.set_description("edited by alice")
+        alices_version = bobs.register_version(checkpoint.uuid, aliases=["staging"])
+        assert alices_version.owner == "alice"
+        bobs.set_alias("production", alices_version.version)
+        refused("NOT_OWNER", lambda: bobs.rename("bobs-old"))
+        refused("NOT_OWNER", lambda: bobs.set_editors(["alice", "carol"]))
+        refused("NOT_OWNER", lambda: alice.delete_model("bobs"))
+        bobs.set_alias("production", 1)
+        bobs.delete_alias("staging")
+        bobs.get_version(alices_version.version).delete()  # her own version in bob's model
+
+        # Bob may not delete alice's version in alice's model.
         mine.register_version(checkpoint.uuid)
-        bob_model_version = bob.get_model("alices").get_version(1)
-        with pytest.raises(PermissionDeniedError):
-            bob_model_version.delete()
+        refused("NOT_OWNER", lambda: bob.get_model("alices").get_version(1).delete())
 
-        # Checkpoints record no owner: only an admin deletes one.
-        spare = alice.create_checkpoint()
-        with pytest.raises(PermissionDeniedError) as refused:
-            alice.delete_checkpoint(spare.uuid)
-        assert refused.value.reason == "ROLE_NOT_ALLOWED"
-        admin.delete_checkpoint(spare.uuid)
+        # Checkpoints have owners: uploads and deletes are the owner's (or an admin's).
+        spare = alice.create_checkpoint(state=1)
+        refused("NOT_OWNER", lambda: bob.delete_checkpoint(spare.uuid))
+        refused("NOT_OWNER", lambda: upload_as(secured, "bob", spare.uuid))
+        upload_as(secured, "alice", spare.uuid)
+        alice.delete_checkpoint(spare.uuid)
+        admins_spare = alice.create_checkpoint()
+        admin.delete_checkpoint(admins_spare.uuid)
 
         alice.delete_model("alices")
         admin.delete_model("bobs")
         assert admin.get_models() == []
+
+
+def upload_as(server: RegistryServer, who: str, uuid: str) -> None:
+    """One small file uploaded to checkpoint `uuid` by `who`, through the raw stub."""
+    import hashlib
+
+    from modelregistry.v1 import checkpoint_pb2
+    from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
+    data = b"weights"
+    header = checkpoint_pb2.CheckpointFile(path="w.bin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    messages = [
+        pb.UploadCheckpointFilesRequest(checkpoint_uuid=uuid),
+        pb.UploadCheckpointFilesRequest(file=header),
+        pb.UploadCheckpointFilesRequest(chunk=data),
+    ]
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        try:
+            pb_grpc.ModelRegistryServiceStub(channel).UploadCheckpointFiles(
+                iter(messages), timeout=10, metadata=(("authorization", f"Bearer {TOKENS[who][0]}"),)
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
 
 
 def test_servers_without_tokens_record_no_owner(registry_target: str) -> None:
@@ -266,29 +315,44 @@ def test_every_mutation_is_audited_and_no_token_is_logged(
     secured: RegistryServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        with client(secured, "alice") as alice, client(secured, "viewer") as viewer:
+        with client(secured, "alice") as alice, client(secured, "viewer") as viewer, client(secured, "bob") as bob:
             checkpoint = alice.create_checkpoint()
             model = alice.create_model("m")
             model.register_version(checkpoint.uuid)
+            model.set_alias("production", 1)
+            model.delete_alias("production")
             alice.get_model("m")  # reads are not audited
             with pytest.raises(PermissionDeniedError):
                 viewer.delete_model("m")
             with pytest.raises(PermissionDeniedError):
-                alice.delete_checkpoint(checkpoint.uuid)
+                bob.delete_checkpoint(checkpoint.uuid)
+            with pytest.raises(InvalidArgumentError):  # a name holding a line separator: one line all the same
+                alice.create_model("m\u2028{\"forged\": 1}\x85")
+            with pytest.raises(PermissionDeniedError):  # a failed upload names its checkpoint
+                upload_as(secured, "bob", checkpoint.uuid)
         with Registry(f"127.0.0.1:{secured.port}", token="wrong", timeout=10) as stranger:
             with pytest.raises(UnauthenticatedError):
                 stranger.create_model("x")
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "registry_server.audit"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "registry_server.audit"]
+    assert all(len(message.splitlines()) == 1 for message in messages)
+    lines = [json.loads(message) for message in messages]
     assert lines == [
         {"principal": "alice", "rpc": "CreateCheckpoint", "object": f"checkpoints/{checkpoint.uuid}",
          "outcome": "OK", "reason": ""},
         {"principal": "alice", "rpc": "CreateModel", "object": "models/m", "outcome": "OK", "reason": ""},
         {"principal": "alice", "rpc": "CreateModelVersion", "object": "models/m/versions/1", "outcome": "OK",
          "reason": ""},
+        {"principal": "alice", "rpc": "SetModelAlias", "object": "models/m/versions/1", "outcome": "OK", "reason": ""},
+        {"principal": "alice", "rpc": "DeleteModelAlias", "object": "models/m/aliases/production", "outcome": "OK",
+         "reason": ""},
         {"principal": "carol", "rpc": "DeleteModel", "object": "models/m", "outcome": "PERMISSION_DENIED",
          "reason": "ROLE_NOT_ALLOWED"},
-        {"principal": "alice", "rpc": "DeleteCheckpoint", "object": f"checkpoints/{checkpoint.uuid}",
-         "outcome": "PERMISSION_DENIED", "reason": "ROLE_NOT_ALLOWED"},
+        {"principal": "bob", "rpc": "DeleteCheckpoint", "object": f"checkpoints/{checkpoint.uuid}",
+         "outcome": "PERMISSION_DENIED", "reason": "NOT_OWNER"},
+        {"principal": "alice", "rpc": "CreateModel", "object": "models/m\u2028{\"forged\": 1}\x85",
+         "outcome": "INVALID_ARGUMENT", "reason": "INVALID_NAME"},
+        {"principal": "bob", "rpc": "UploadCheckpointFiles", "object": f"checkpoints/{checkpoint.uuid}",
+         "outcome": "PERMISSION_DENIED", "reason": "NOT_OWNER"},
         {"principal": "", "rpc": "CreateModel", "object": "", "outcome": "UNAUTHENTICATED",
          "reason": "INVALID_TOKEN"},
     ]
@@ -305,3 +369,36 @@ def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert sum("tokens reloaded" in line for line in server.lines) == 2
         assert server.stop() == 0
+
+
+def test_request_ids_are_scoped_by_principal_and_deleted_results_are_not_found(secured: RegistryServer) -> None:
+    """A request_id is the caller's own: another principal who sends it first neither blocks the
+    owner's call (REQUEST_ID_REUSED) nor is handed the owner's object by replaying the same request.
+    A retry whose object was deleted since is NOT_FOUND REQUEST_RESULT_DELETED (it was UNKNOWN, with
+    SQL text in the details, for models and checkpoints)."""
+    from registry_client.errors import AlreadyExistsError, NotFoundError
+
+    with client(secured, "alice") as alice, client(secured, "bob") as bob:
+        bobs = bob.create_model("squatted", request_id="pipeline-run-1")  # bob guessed alice's next id
+        assert bobs.owner == "bob"
+        alices = alice.create_model("fraud", request_id="pipeline-run-1")
+        assert (alices.name, alices.owner) == ("fraud", "alice")
+        assert alice.create_model("fraud", request_id="pipeline-run-1").owner == "alice"  # her retry
+        with pytest.raises(AlreadyExistsError) as refused:  # the same request, replayed by bob
+            bob.create_model("fraud", request_id="pipeline-run-1")
+        assert refused.value.reason == "REQUEST_ID_REUSED"
+        with pytest.raises(AlreadyExistsError) as refused:
+            bob.create_model("fraud", request_id="bobs-own")
+        assert refused.value.reason == "MODEL_ALREADY_EXISTS"
+
+        checkpoint = alice.create_checkpoint(request_id="ckpt-1")
+        alice.delete_checkpoint(checkpoint.uuid)
+        alice.delete_model("fraud")
+        for retry in (
+            lambda: alice.create_checkpoint(request_id="ckpt-1"),
+            lambda: alice.create_model("fraud", request_id="pipeline-run-1"),
+        ):
+            with pytest.raises(NotFoundError) as gone:
+                retry()
+            assert gone.value.reason == "REQUEST_RESULT_DELETED"
+            assert "SELECT" not in gone.value.message

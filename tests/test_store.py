@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry_server import errors, validation
+from registry_server.errors import AlreadyExists, InvalidArgument
 from registry_server.store import CheckpointQuery, ModelQuery, RegistryStore
 
 
@@ -356,3 +357,30 @@ def test_name_filter_and_total_follow_creates_renames_and_deletes(store: Registr
     assert names(ModelQuery(name="%")) == ["a%b"]
     assert names(ModelQuery(name="fr")) == ["Fraud_Detector", "fraud-spam"]
     assert store.list_models(ModelQuery()).total_size == 3
+
+
+def test_names_are_nfc_and_twins_by_case_or_form_are_refused(store: RegistryStore) -> None:
+    """Names are stored in NFC; a name that differs from a taken one only by case or Unicode form is
+    the same name (ALREADY_EXISTS, naming the one that exists); control, format and separator
+    characters, and Latin letters mixed with Cyrillic or Greek ones, are refused. The name filter
+    folds case the same way on both databases, beyond ASCII too."""
+    created = store.create_model("Cafe\u0301")  # NFD: stored as NFC
+    assert created.name == "Caf\u00e9"
+    assert store.get_model("Cafe\u0301").name == "Caf\u00e9"  # looked up in any form
+    for twin in ("caf\u00e9", "CAF\u00c9", "cafe\u0301"):
+        with pytest.raises(AlreadyExists) as refused:
+            store.create_model(twin)
+        assert refused.value.metadata["existing_name"] == "Caf\u00e9"
+    store.create_model("Straße")
+    with pytest.raises(AlreadyExists):
+        store.create_model("STRASSE")  # case folding, not just lowering
+    store.rename_model("Straße", "STRASSE")  # the same model may change its own case
+    with pytest.raises(AlreadyExists):
+        store.rename_model("STRASSE", "café")
+    for bad in ("a\u202eb", "zero\u200bwidth", "line\u2028sep", "c1\x85", "mod\u0435l", "\u0391lpha"):
+        with pytest.raises(InvalidArgument) as refused:
+            store.create_model(bad)
+        assert refused.value.reason == "INVALID_NAME"
+    assert sorted(m.name for m in store.list_models(ModelQuery(name="CAFÉ")).rows) == ["Café"]
+    assert sorted(m.name for m in store.list_models(ModelQuery(name="strasse")).rows) == ["STRASSE"]
+    assert sorted(m.name for m in store.list_models(ModelQuery(name="ss")).rows) == ["STRASSE"]

@@ -28,7 +28,7 @@ from modelregistry.v1 import checkpoint_pb2 as modelregistry_dot_v1_dot_checkpoi
 from modelregistry.v1 import options_pb2 as modelregistry_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelregistry/v1/model.proto\x12\x10modelregistry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!modelregistry/v1/checkpoint.proto\x1a\x1emodelregistry/v1/options.proto\"\xb3\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x06labels\x18\x04 \x03(\tB\x04\xa8\xbb\x18@\x12\r\n\x05notes\x18\x05 \x01(\t\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x31\n\rcreation_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_updated_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnum_versions\x18\n \x01(\x05\x12\x16\n\x0elatest_version\x18\x0b \x01(\x05\"\xe5\x02\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x30\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x1c.modelregistry.v1.Checkpoint\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x14\n\x06labels\x18\x06 \x03(\tB\x04\xa8\xbb\x18@\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05notes\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x31\n\rcreation_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_updated_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x07\x61liases\x18\x0c \x03(\tB\x05\xa8\xbb\x18\xe8\x07\"\x98\x01\n\x0b\x41liasChange\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x06 \x01(\t*\xc9\x01\n\x0bModelSortBy\x12\x1d\n\x19MODEL_SORT_BY_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_SORT_BY_NAME\x10\x01\x12\x1d\n\x19MODEL_SORT_BY_DESCRIPTION\x10\x02\x12\x1f\n\x1bMODEL_SORT_BY_CREATION_TIME\x10\x03\x12#\n\x1fMODEL_SORT_BY_LAST_UPDATED_TIME\x10\x04\x12\x1e\n\x1aMODEL_SORT_BY_NUM_VERSIONS\x10\x05*H\n\x07OrderBy\x12\x18\n\x14ORDER_BY_UNSPECIFIED\x10\x00\x12\x10\n\x0cORDER_BY_ASC\x10\x01\x12\x11\n\rORDER_BY_DESC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelregistry/v1/model.proto\x12\x10modelregistry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!modelregistry/v1/checkpoint.proto\x1a\x1emodelregistry/v1/options.proto\"\xca\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x06labels\x18\x04 \x03(\tB\x04\xa8\xbb\x18@\x12\r\n\x05notes\x18\x05 \x01(\t\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x31\n\rcreation_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_updated_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cnum_versions\x18\n \x01(\x05\x12\x16\n\x0elatest_version\x18\x0b \x01(\x05\x12\x15\n\x07\x65\x64itors\x18\x0c \x03(\tB\x04\xa8\xbb\x18@\"\xe5\x02\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x30\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x1c.modelregistry.v1.Checkpoint\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x14\n\x06labels\x18\x06 \x03(\tB\x04\xa8\xbb\x18@\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05notes\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x31\n\rcreation_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_updated_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x07\x61liases\x18\x0c \x03(\tB\x05\xa8\xbb\x18\xe8\x07\"\x98\x01\n\x0b\x41liasChange\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\x05\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x06 \x01(\t*\xc9\x01\n\x0bModelSortBy\x12\x1d\n\x19MODEL_SORT_BY_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_SORT_BY_NAME\x10\x01\x12\x1d\n\x19MODEL_SORT_BY_DESCRIPTION\x10\x02\x12\x1f\n\x1bMODEL_SORT_BY_CREATION_TIME\x10\x03\x12#\n\x1fMODEL_SORT_BY_LAST_UPDATED_TIME\x10\x04\x12\x1e\n\x1aMODEL_SORT_BY_NUM_VERSIONS\x10\x05*H\n\x07OrderBy\x12\x18\n\x14ORDER_BY_UNSPECIFIED\x10\x00\x12\x10\n\x0cORDER_BY_ASC\x10\x01\x12\x11\n\rORDER_BY_DESC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL'].fields_by_name['labels']._loaded_options = None
   _globals['_MODEL'].fields_by_name['labels']._serialized_options = b'\250\273\030@'
+  _globals['_MODEL'].fields_by_name['editors']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['editors']._serialized_options = b'\250\273\030@'
   _globals['_MODELVERSION'].fields_by_name['labels']._loaded_options = None
   _globals['_MODELVERSION'].fields_by_name['labels']._serialized_options = b'\250\273\030@'
   _globals['_MODELVERSION'].fields_by_name['aliases']._loaded_options = None
   _globals['_MODELVERSION'].fields_by_name['aliases']._serialized_options = b'\250\273\030\350\007'
-  _globals['_MODELSORTBY']._serialized_start=1006
-  _globals['_MODELSORTBY']._serialized_end=1207
-  _globals['_ORDERBY']._serialized_start=1209
-  _globals['_ORDERBY']._serialized_end=1281
+  _globals['_MODELSORTBY']._serialized_start=1029
+  _globals['_MODELSORTBY']._serialized_end=1230
+  _globals['_ORDERBY']._serialized_start=1232
+  _globals['_ORDERBY']._serialized_end=1304
   _globals['_MODEL']._serialized_start=181
-  _globals['_MODEL']._serialized_end=488
-  _globals['_MODELVERSION']._serialized_start=491
-  _globals['_MODELVERSION']._serialized_end=848
-  _globals['_ALIASCHANGE']._serialized_start=851
-  _globals['_ALIASCHANGE']._serialized_end=1003
+  _globals['_MODEL']._serialized_end=511
+  _globals['_MODELVERSION']._serialized_start=514
+  _globals['_MODELVERSION']._serialized_end=871
+  _globals['_ALIASCHANGE']._serialized_start=874
+  _globals['_ALIASCHANGE']._serialized_end=1026
 # @@protoc_insertion_point(module_scope)

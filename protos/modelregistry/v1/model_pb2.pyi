@@ -99,6 +99,7 @@ class Model(_message.Message):
     LAST_UPDATED_TIME_FIELD_NUMBER: _builtins.int
     NUM_VERSIONS_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    EDITORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name of the model, its key: 1 to 256 characters, no "/" or "\\", not all digits, no leading
     or trailing whitespace, no control characters.
@@ -131,6 +132,13 @@ class Model(_message.Message):
     def last_updated_time(self) -> _timestamp_pb2.Timestamp:
         """When the model or one of its versions last changed."""
 
+    @_builtins.property
+    def editors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Principals the owner lets change the model besides itself: edit it, register and edit versions,
+        move aliases. Only the owner or an admin may rename, archive, delete the model or name its
+        editors.
+        """
+
     def __init__(
         self,
         *,
@@ -145,10 +153,11 @@ class Model(_message.Message):
         last_updated_time: _timestamp_pb2.Timestamp | None = ...,
         num_versions: _builtins.int = ...,
         latest_version: _builtins.int = ...,
+        editors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "last_updated_time", b"last_updated_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "creation_time", b"creation_time", "description", b"description", "labels", b"labels", "last_updated_time", b"last_updated_time", "latest_version", b"latest_version", "metadata", b"metadata", "name", b"name", "notes", b"notes", "num_versions", b"num_versions", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "creation_time", b"creation_time", "description", b"description", "editors", b"editors", "labels", b"labels", "last_updated_time", b"last_updated_time", "latest_version", b"latest_version", "metadata", b"metadata", "name", b"name", "notes", b"notes", "num_versions", b"num_versions", "owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,6 +35,7 @@ class CreateModelRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EDITORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name of the model."""
     description: _builtins.str
@@ -45,6 +46,7 @@ class CreateModelRequest(_message.Message):
     """Optional client-chosen id (1 to 128 printable characters, e.g. a UUID) that makes the call safe to
     retry: the same request_id with the same request returns the model created by the first call;
     with a different request it is ALREADY_EXISTS (REQUEST_ID_REUSED). Kept for at least 24 hours.
+    Request ids are the caller's own: another principal's calls never see them.
     """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
@@ -53,6 +55,10 @@ class CreateModelRequest(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Labels; duplicates are dropped, order is kept."""
+
+    @_builtins.property
+    def editors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Principals allowed to change the model besides its owner (the caller); see Model.editors."""
 
     def __init__(
         self,
@@ -63,10 +69,11 @@ class CreateModelRequest(_message.Message):
         labels: _abc.Iterable[_builtins.str] | None = ...,
         notes: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        editors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "labels", b"labels", "metadata", b"metadata", "name", b"name", "notes", b"notes", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "editors", b"editors", "labels", b"labels", "metadata", b"metadata", "name", b"name", "notes", b"notes", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -249,7 +256,9 @@ class UpdateModelRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to replace: description, metadata, labels, notes."""
+        """Fields to replace: description, metadata, labels, notes, editors (editors: the owner or an
+        admin only).
+        """
 
     def __init__(
         self,

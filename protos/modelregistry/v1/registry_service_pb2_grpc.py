@@ -299,7 +299,8 @@ class ModelRegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCheckpoint(self, request, context):
-        """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it.
+        """Deletes a checkpoint (its owner or an admin). FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a
+        model version uses it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

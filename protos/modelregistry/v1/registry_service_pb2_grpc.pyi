@@ -77,7 +77,9 @@ class ModelRegistryServiceStub:
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListCheckpointsRequest, _registry_service_pb2.ListCheckpointsResponse]
     """Lists checkpoints, filtered by experiment and trial, optionally best first by one metric."""
     DeleteCheckpoint: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteCheckpointRequest, _registry_service_pb2.DeleteCheckpointResponse]
-    """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it."""
+    """Deletes a checkpoint (its owner or an admin). FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a
+    model version uses it.
+    """
     SetModelAlias: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SetModelAliasRequest, _registry_service_pb2.SetModelAliasResponse]
     """Points an alias (e.g. "production") at a version of a model, creating or moving it in one atomic
     step that is recorded in the alias's history. Setting it where it already points changes nothing.
@@ -155,7 +157,9 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListCheckpointsRequest, _registry_service_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Lists checkpoints, filtered by experiment and trial, optionally best first by one metric."""
     DeleteCheckpoint: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteCheckpointRequest, _registry_service_pb2.DeleteCheckpointResponse]  # type: ignore[assignment]
-    """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it."""
+    """Deletes a checkpoint (its owner or an admin). FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a
+    model version uses it.
+    """
     SetModelAlias: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SetModelAliasRequest, _registry_service_pb2.SetModelAliasResponse]  # type: ignore[assignment]
     """Points an alias (e.g. "production") at a version of a model, creating or moving it in one atomic
     step that is recorded in the alias's history. Setting it where it already points changes nothing.
@@ -344,7 +348,9 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.DeleteCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.DeleteCheckpointResponse, _abc.Awaitable[_registry_service_pb2.DeleteCheckpointResponse]]:
-        """Deletes a checkpoint. FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a model version uses it."""
+        """Deletes a checkpoint (its owner or an admin). FAILED_PRECONDITION (CHECKPOINT_IN_USE) while a
+        model version uses it.
+        """
 
     @_abc_1.abstractmethod
     def SetModelAlias(
