@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import json
@@ -95,6 +96,50 @@ def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    """The details of a call as an interceptor hands them on (grpc.ClientCallDetails is abstract)."""
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer TOKEN` to every call of a channel, streams included. gRPC sends call
+    credentials over TLS only, so plaintext channels (loopback, tests) carry the token this way."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self._header],
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
 class Registry:
     """A connection to a model registry: creates and finds models and checkpoints."""
 
@@ -115,14 +160,15 @@ class Registry:
     ) -> None:
         """Connect to target (host:port); a given channel is used as is, without the retry config.
 
-        `token` (default $MODEL_REGISTRY_TOKEN) is sent as `authorization: Bearer TOKEN` with every call.
+        `token` (default $MODEL_REGISTRY_TOKEN) is sent as `authorization: Bearer TOKEN` with every call:
+        it is attached to the channel (call credentials on TLS, an interceptor otherwise, and on a given
+        channel), so that no call, stream or not, goes without it.
         TLS is used when `tls` is true or any of the PEM file paths is given: `tls_ca` the CA that signed
         the server's certificate (default: the system's roots), `tls_cert`/`tls_key` this client's
         certificate and key for a server that asks for one (mutual TLS)."""
         self.target = target or default_target()
         self.timeout = timeout
         token = token if token is not None else os.environ.get(TOKEN_ENV)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._owns_channel = channel is None
         options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
         if channel is None and (tls or tls_ca or tls_cert or tls_key):
@@ -131,14 +177,22 @@ class Registry:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
             )
+            if token:
+                credentials = grpc.composite_channel_credentials(
+                    credentials, grpc.access_token_call_credentials(token)
+                )
             channel = grpc.secure_channel(self.target, credentials, options=options)
+        elif token:
+            channel = grpc.intercept_channel(
+                channel or grpc.insecure_channel(self.target, options=options), _BearerToken(token)
+            )
         self._channel = channel or grpc.insecure_channel(self.target, options=options)
         self._stub = registry_service_pb2_grpc.ModelRegistryServiceStub(self._channel)
 
     def _call(self, rpc: str, request: Message) -> Any:
         """Invoke one RPC with the default deadline, turning failures into RegistryError."""
         try:
-            return getattr(self._stub, rpc)(request, timeout=self.timeout, metadata=self._metadata)
+            return getattr(self._stub, rpc)(request, timeout=self.timeout)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
