@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 BUF := node_modules/.bin/buf
 ARGS ?=
+# protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: the environment's first.
+PROTOC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc
 
 .PHONY: install run test lint proto check-proto bench bench-files clean
 
@@ -34,8 +36,8 @@ test: $(VENV)/.installed-test
 
 ## proto: regenerate the Python stubs (and mypy .pyi) beside the .proto files
 proto: $(VENV)/.installed-dev
-	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
-	$(BIN)/python -m grpc_tools.protoc -I protos --grpc_python_out=protos --mypy_grpc_out=protos \
+	$(PROTOC) -I protos --python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
+	$(PROTOC) -I protos --grpc_python_out=protos --mypy_grpc_out=protos \
 		protos/modelregistry/v1/registry_service.proto
 
 ## check-proto: fail when the committed stubs differ from what `make proto` generates

@@ -179,7 +179,7 @@ def model_describe(r: Registry, args: argparse.Namespace) -> None:
     model = r.get_model(args.name)
     version = model.get_version()
     if args.json:
-        _print_json({"model": model.to_dict(), "modelVersion": version.to_dict() if version else None})
+        _print_json({"model": model.to_dict(), "model_version": version.to_dict() if version else None})
         return
     _print_object(model, MODEL_FIELDS)
     print()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import enum
 import os
@@ -139,20 +141,29 @@ def timestamp_to_datetime(message: Message, field_name: str) -> datetime.datetim
     return getattr(message, field_name).ToDatetime(tzinfo=datetime.timezone.utc)
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """The protobuf JSON form of a message, with defaults shown and int64 values as JSON numbers.
+def _plain(value: Any) -> Any:
+    """A value of a to_dict(): times in ISO 8601, enums by name, objects as their dicts, copies of the rest."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, _Record):
+        return value.to_dict()
+    return copy.deepcopy(value)
 
-    Integral Struct numbers print as 10, not 10.0, as protobuf's C++ and Go JSON printers (grpcurl) do.
-    """
-    return _plain_numbers(
-        json_format.MessageToDict(
-            message, always_print_fields_with_no_presence=True, unquote_int64_if_possible=True
-        )
-    )
+
+class _Record:
+    """Python-side dicts follow one convention: the keys are the object's attribute names (snake_case,
+    the proto's field names), times are ISO 8601 strings in UTC, enums their names (e.g. "COMPLETED"),
+    a nested object its own dict. (On the wire, proto3 JSON names the same fields in camelCase.)"""
+
+    def to_dict(self) -> dict[str, Any]:
+        """This object as a dict of JSON values, keyed by attribute name."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if not f.name.startswith("_")}  # type: ignore[arg-type]
 
 
 @dataclass(eq=False)
-class Checkpoint:
+class Checkpoint(_Record):
     """A saved training state: origin, hyperparameters, metrics and where its files are stored."""
 
     uuid: str
@@ -170,7 +181,6 @@ class Checkpoint:
     storage_uri: str
     report_time: datetime.datetime | None
     _registry: Registry = field(repr=False)
-    _proto: checkpoint_pb2.Checkpoint = field(repr=False)
 
     @classmethod
     def from_proto(cls, proto: checkpoint_pb2.Checkpoint, registry: Registry) -> Checkpoint:
@@ -191,12 +201,7 @@ class Checkpoint:
             storage_uri=proto.storage_uri,
             report_time=timestamp_to_datetime(proto, "report_time"),
             _registry=registry,
-            _proto=proto,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The protobuf JSON form of this checkpoint."""
-        return message_to_dict(self._proto)
 
     def delete(self) -> None:
         """Delete this checkpoint and its stored files (refused while a model version uses it)."""
@@ -227,7 +232,7 @@ class Checkpoint:
 
 
 @dataclass(eq=False)
-class ModelVersion:
+class ModelVersion(_Record):
     """One numbered version of a model, pointing at one checkpoint."""
 
     model_name: str
@@ -243,7 +248,6 @@ class ModelVersion:
     last_updated_time: datetime.datetime | None
     aliases: list[str]
     _registry: Registry = field(repr=False)
-    _proto: model_pb2.ModelVersion = field(repr=False)
 
     @classmethod
     def from_proto(cls, proto: model_pb2.ModelVersion, registry: Registry) -> ModelVersion:
@@ -262,12 +266,7 @@ class ModelVersion:
             last_updated_time=timestamp_to_datetime(proto, "last_updated_time"),
             aliases=list(proto.aliases),
             _registry=registry,
-            _proto=proto,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The protobuf JSON form of this version, checkpoint included."""
-        return message_to_dict(self._proto)
 
     def _update(self, field_name: str, new_values: model_pb2.ModelVersion) -> ModelVersion:
         response = self._registry._call(
@@ -317,7 +316,7 @@ class ModelVersion:
 
 
 @dataclass(eq=False)
-class Model:
+class Model(_Record):
     """A named group of model versions, with description, metadata, labels and notes."""
 
     name: str
@@ -332,7 +331,6 @@ class Model:
     num_versions: int
     latest_version: int
     _registry: Registry = field(repr=False)
-    _proto: model_pb2.Model = field(repr=False)
 
     @classmethod
     def from_proto(cls, proto: model_pb2.Model, registry: Registry) -> Model:
@@ -350,12 +348,7 @@ class Model:
             num_versions=proto.num_versions,
             latest_version=proto.latest_version,
             _registry=registry,
-            _proto=proto,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The protobuf JSON form of this model."""
-        return message_to_dict(self._proto)
 
     def _refresh(self, rpc: str, request: Message) -> Model:
         """Call an RPC answering with the model and take every attribute from that answer."""
@@ -496,7 +489,7 @@ class Model:
 
 
 @dataclass
-class AliasChange:
+class AliasChange(_Record):
     """One move of an alias: from previous_version (0: newly set) to version (0: deleted)."""
 
     model_name: str
@@ -517,12 +510,9 @@ class AliasChange:
             principal=proto.principal,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "time": self.time.isoformat() if self.time else None}
-
 
 @dataclass
-class Event:
+class Event(_Record):
     """One change of the registry, as Registry.watch yields it; `sequence` resumes a watch."""
 
     sequence: int
@@ -550,6 +540,3 @@ class Event:
             checkpoint_uuid=proto.checkpoint_uuid,
             new_model_name=proto.new_model_name,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "kind": self.kind.name, "time": self.time.isoformat() if self.time else None}

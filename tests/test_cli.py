@@ -82,7 +82,7 @@ def test_model_create_list_describe(cli, cli_json) -> None:
     assert "a character recognition model" in out
     assert "Model mnist_cnn has no versions." in out
     described = cli_json("model", "describe", "mnist_cnn")
-    assert described["model"]["name"] == "mnist_cnn" and described["modelVersion"] is None
+    assert described["model"]["name"] == "mnist_cnn" and described["model_version"] is None
 
 
 def test_model_register_and_list_versions(cli, cli_json) -> None:
@@ -109,8 +109,8 @@ def test_model_register_and_list_versions(cli, cli_json) -> None:
     status, out, _ = cli("model", "describe", "mnist_cnn")
     assert status == 0 and "Latest version (2):" in out and checkpoint_uuid in out
     described = cli_json("model", "describe", "mnist_cnn")
-    assert described["modelVersion"]["version"] == 2
-    assert described["model"]["numVersions"] == 2
+    assert described["model_version"]["version"] == 2
+    assert described["model"]["num_versions"] == 2
 
 
 def test_model_metadata_archive_rename_labels_delete(cli, cli_json) -> None:
@@ -154,16 +154,16 @@ def test_checkpoint_commands(cli, cli_json) -> None:
         "--storage-uri", "s3://bucket/x", "--state", "completed",
     )
     assert created["uuid"] == checkpoint_uuid
-    assert (created["experimentId"], created["trialId"], created["batchNumber"]) == (3, 4, 100)
+    assert (created["experiment_id"], created["trial_id"], created["batch_number"]) == (3, 4, 100)
     assert created["metrics"] == {"loss": 0.5} and created["hparams"] == {"lr": 0.01}
     assert created["experiment_config"] == {"searcher": {"name": "single"}}
     assert created["resources"] == {"model.pt": 2048}
-    assert created["state"] == "CHECKPOINT_STATE_COMPLETED" and created["storageUri"] == "s3://bucket/x"
+    assert created["state"] == "COMPLETED" and created["storage_uri"] == "s3://bucket/x"
     better = _new_checkpoint(cli_json, experiment_id="3", metrics='{"loss": 0.1}', state="ACTIVE")
 
     status, out, _ = cli("checkpoint", "describe", checkpoint_uuid)
     assert status == 0 and "torch-2.3" in out and "s3://bucket/x" in out
-    assert cli_json("checkpoint", "describe", better)["state"] == "CHECKPOINT_STATE_ACTIVE"
+    assert cli_json("checkpoint", "describe", better)["state"] == "ACTIVE"
 
     status, out, _ = cli("checkpoint", "list", "--experiment-id", "3", "--sort-by-metric", "loss",
                          "--smaller-is-better")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import socket
 import uuid
 
@@ -13,6 +14,7 @@ from registry_client import (
     AlreadyExistsError,
     Checkpoint,
     CheckpointState,
+    EventKind,
     FailedPreconditionError,
     InvalidArgumentError,
     Model,
@@ -289,11 +291,14 @@ def test_checkpoint_fields_round_trip(registry: Registry) -> None:
         assert got.state is CheckpointState.COMPLETED
         assert got.report_time == reported
 
-    as_json = fetched.to_dict()
-    assert as_json["uuid"] == checkpoint_uuid
-    assert as_json["experimentId"] == 7 and as_json["batchNumber"] == 1200
-    assert as_json["experiment_config"]["searcher"]["name"] == "single"
-    assert as_json["state"] == "CHECKPOINT_STATE_COMPLETED"
+    # Python-side dicts: the attribute names (snake_case), enums by name, times in ISO 8601.
+    as_dict = fetched.to_dict()
+    assert as_dict["uuid"] == checkpoint_uuid
+    assert as_dict["experiment_id"] == 7 and as_dict["batch_number"] == 1200
+    assert as_dict["experiment_config"]["searcher"]["name"] == "single"
+    assert as_dict["state"] == "COMPLETED"
+    assert as_dict["report_time"] == "2024-05-01T12:30:00+00:00"
+    assert json.loads(json.dumps(as_dict)) == as_dict
 
     with pytest.raises(AlreadyExistsError) as caught:
         registry.create_checkpoint(uuid=checkpoint_uuid)
@@ -371,3 +376,40 @@ def test_target_defaults_to_environment(monkeypatch: pytest.MonkeyPatch) -> None
         assert r.target == "localhost:50051"
     with Registry("elsewhere:1") as r:
         assert r.target == "elsewhere:1"
+
+
+def _snake_case(keys: object) -> bool:
+    return all(key == key.lower() for key in keys)  # type: ignore[attr-defined]
+
+
+def test_to_dict_keys_are_the_attribute_names_everywhere(registry: Registry) -> None:
+    model = registry.create_model("m", metadata={"camelKey": 1})
+    checkpoint = _checkpoint(registry, metrics={"loss": 0.5})
+    version = model.register_version(checkpoint.uuid, aliases=["production"])
+    model.reload()
+    change = model.get_alias_history()[0]
+    event = next(registry.watch(kinds=[EventKind.ALIAS_SET]))
+    for obj in (model, version, checkpoint, change, event):
+        as_dict = obj.to_dict()
+        public = {name for name in vars(obj) if not name.startswith("_")}
+        assert set(as_dict) == public, type(obj).__name__
+        assert json.loads(json.dumps(as_dict)) == as_dict
+    assert model.to_dict()["metadata"] == {"camelKey": 1}  # user keys stay as they are
+    assert model.to_dict()["num_versions"] == 1 and model.to_dict()["latest_version"] == 1
+    assert version.to_dict()["checkpoint"] == checkpoint.to_dict()
+    assert version.to_dict()["model_name"] == "m" and version.to_dict()["aliases"] == ["production"]
+    assert change.to_dict()["previous_version"] == 0
+    assert event.to_dict()["kind"] == "ALIAS_SET" and event.to_dict()["model_name"] == "m"
+    assert _snake_case(version.to_dict()) and _snake_case(version.to_dict()["checkpoint"])
+
+
+def test_the_wire_speaks_proto3_json() -> None:
+    from google.protobuf import json_format
+    from modelregistry.v1 import checkpoint_pb2
+
+    message = checkpoint_pb2.Checkpoint(experiment_id=1)
+    message.experiment_config.update({"searcher": "single"})
+    assert set(json_format.MessageToDict(message)) == {"experimentId", "experimentConfig"}
+    for spelling in ("experimentConfig", "experiment_config"):  # proto3 JSON parsers accept both on input
+        parsed = json_format.Parse(f'{{"{spelling}": {{"searcher": "single"}}}}', checkpoint_pb2.Checkpoint())
+        assert parsed.experiment_config == message.experiment_config
