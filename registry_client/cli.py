@@ -164,8 +164,8 @@ def model_create(r: Registry, args: argparse.Namespace) -> None:
 
 def model_list(r: Registry, args: argparse.Namespace) -> None:
     models = r.get_models(
-        sort_by=ModelSortBy[args.sort_by.upper()] if args.sort_by else None,
-        order_by=ModelOrderBy[args.order_by.upper()] if args.order_by else None,
+        sort_by=args.sort_by,
+        order_by=args.order_by,
         name=args.name,
         description=args.description,
         labels=args.label,
@@ -213,7 +213,7 @@ def model_alias_history(r: Registry, args: argparse.Namespace) -> None:
 
 def registry_watch(r: Registry, args: argparse.Namespace) -> None:
     """One line per event as it happens (JSON Lines with --json), until --limit events or Ctrl-C."""
-    events = r.watch(args.model, [EventKind[k.upper()] for k in args.kind], args.after, reconnect=not args.no_reconnect)
+    events = r.watch(args.model, args.kind, args.after, reconnect=not args.no_reconnect)
     getters = [get for _, get in EVENT_FIELDS]
     try:
         for count, event in enumerate(events, start=1):
@@ -280,7 +280,7 @@ def _checkpoint_fields(args: argparse.Namespace) -> dict[str, Any]:
         framework=args.framework,
         format=args.format,
         metrics=args.metrics,
-        **({"state": CheckpointState[args.state.upper()]} if args.state else {}),
+        **({"state": args.state} if args.state else {}),
     )
 
 

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
 
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb, registry_service_pb2_grpc
+from modelregistry.v1 import registry_service_pb2 as pb, registry_service_pb2_grpc
 
 from .errors import RegistryError, UnavailableError, from_rpc_error
 from .transfer import Progress, UploadStream, local_files, receive_files
@@ -32,6 +30,7 @@ from .objects import (
     ModelVersion,
     checkpoint_message,
     dict_to_struct,
+    request,
 )
 
 DEFAULT_TARGET = "localhost:50051"
@@ -189,23 +188,27 @@ class Registry:
         self._channel = channel or grpc.insecure_channel(self.target, options=options)
         self._stub = registry_service_pb2_grpc.ModelRegistryServiceStub(self._channel)
 
-    def _call(self, rpc: str, request: Message) -> Any:
-        """Invoke one RPC with the default deadline, turning failures into RegistryError."""
+    def _call(self, rpc: str, **fields: Any) -> Any:
+        """Invoke one RPC with the request of these fields and the default deadline, turning failures
+        into RegistryError (and fields of the wrong type into TypeError/ValueError naming them)."""
+        message = request(getattr(pb, f"{rpc}Request"), **fields)
         try:
-            return getattr(self._stub, rpc)(request, timeout=self.timeout)
+            return getattr(self._stub, rpc)(message, timeout=self.timeout)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
-    def _list_all(self, rpc: str, request: Message, items_field: str, limit: int | None) -> list[Any]:
+    def _list_all(self, rpc: str, items_field: str, limit: int | None, **fields: Any) -> list[Any]:
         """Collect items_field over every page of a list RPC, stopping early at limit."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit: expected a number of items (0 or more) or None, got {limit!r}")
         items: list[Any] = []
         while limit is None or len(items) < limit:
-            request.page_size = self.page_size if limit is None else min(self.page_size, limit - len(items))
-            response = self._call(rpc, request)
+            fields["page_size"] = self.page_size if limit is None else min(self.page_size, limit - len(items))
+            response = self._call(rpc, **fields)
             items.extend(getattr(response, items_field))
             if not response.next_page_token:
                 break
-            request.page_token = response.next_page_token
+            fields["page_token"] = response.next_page_token
         return items if limit is None else items[:limit]
 
     # Models
@@ -225,25 +228,23 @@ class Registry:
         arguments returns the model the first call created."""
         response = self._call(
             "CreateModel",
-            pb.CreateModelRequest(
-                name=name,
-                description=description,
-                metadata=dict_to_struct(metadata),
-                labels=list(labels or []),
-                notes=notes,
-                request_id=_request_id(request_id),
-            ),
+            name=name,
+            description=description,
+            metadata=dict_to_struct(metadata, "metadata"),
+            labels=labels,
+            notes=notes,
+            request_id=_request_id(request_id),
         )
         return Model.from_proto(response.model, self)
 
     def get_model(self, name: str) -> Model:
         """Return the model called name; NotFoundError when absent."""
-        return Model.from_proto(self._call("GetModel", pb.GetModelRequest(name=name)).model, self)
+        return Model.from_proto(self._call("GetModel", name=name).model, self)
 
     def get_models(
         self,
-        sort_by: ModelSortBy | None = None,
-        order_by: ModelOrderBy | None = None,
+        sort_by: ModelSortBy | str | None = None,
+        order_by: ModelOrderBy | str | None = None,
         name: str = "",
         description: str = "",
         labels: Iterable[str] | None = None,
@@ -251,26 +252,29 @@ class Registry:
         owner: str = "",
         limit: int | None = None,
     ) -> list[Model]:
-        """Return models matching every filter given (name/description: case-insensitive substrings)."""
-        request = pb.ListModelsRequest(
-            sort_by=sort_by or 0,
-            order_by=order_by or 0,
+        """Return models matching every filter given (name/description: case-insensitive substrings).
+        sort_by and order_by take the enums or their names in any case (e.g. "creation_time")."""
+        models = self._list_all(
+            "ListModels",
+            "models",
+            limit,
+            sort_by=ModelSortBy.coerce(sort_by, "sort_by") if sort_by is not None else None,
+            order_by=ModelOrderBy.coerce(order_by, "order_by") if order_by is not None else None,
             name=name,
             description=description,
-            labels=list(labels or []),
+            labels=labels,
+            archived=archived,
             owner=owner,
         )
-        if archived is not None:
-            request.archived = archived
-        return [Model.from_proto(m, self) for m in self._list_all("ListModels", request, "models", limit)]
+        return [Model.from_proto(m, self) for m in models]
 
     def delete_model(self, name: str) -> None:
         """Delete a model and all its versions; the checkpoints stay."""
-        self._call("DeleteModel", pb.DeleteModelRequest(name=name))
+        self._call("DeleteModel", name=name)
 
     def get_model_labels(self) -> list[str]:
         """Every label in use on models, most used first."""
-        return list(self._call("ListModelLabels", pb.ListModelLabelsRequest()).labels)
+        return list(self._call("ListModelLabels").labels)
 
     # Checkpoints
 
@@ -287,7 +291,7 @@ class Registry:
         framework: str = "",
         format: str = "",
         metrics: Mapping[str, Any] | None = None,
-        state: CheckpointState | None = None,
+        state: CheckpointState | str | None = None,
         storage_uri: str = "",
         report_time: datetime.datetime | None = None,
         request_id: str | None = None,
@@ -299,14 +303,12 @@ class Registry:
             uuid, experiment_id, trial_id, batch_number, experiment_config, hparams, resources, metadata,
             framework, format, metrics, state, storage_uri, report_time,
         )
-        response = self._call(
-            "CreateCheckpoint", pb.CreateCheckpointRequest(checkpoint=checkpoint, request_id=_request_id(request_id))
-        )
+        response = self._call("CreateCheckpoint", checkpoint=checkpoint, request_id=_request_id(request_id))
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
         """Return one checkpoint by uuid; NotFoundError when absent."""
-        response = self._call("GetCheckpoint", pb.GetCheckpointRequest(uuid=uuid))
+        response = self._call("GetCheckpoint", uuid=uuid)
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def get_checkpoints(
@@ -318,20 +320,21 @@ class Registry:
         limit: int | None = None,
     ) -> list[Checkpoint]:
         """Return checkpoints of an experiment/trial; with sort_by_metric, best first."""
-        request = pb.ListCheckpointsRequest(
-            sort_by_metric=sort_by_metric, smaller_is_better=smaller_is_better
+        checkpoints = self._list_all(
+            "ListCheckpoints",
+            "checkpoints",
+            limit,
+            experiment_id=experiment_id,
+            trial_id=trial_id,
+            sort_by_metric=sort_by_metric,
+            smaller_is_better=smaller_is_better,
         )
-        if experiment_id is not None:
-            request.experiment_id = experiment_id
-        if trial_id is not None:
-            request.trial_id = trial_id
-        protos = self._list_all("ListCheckpoints", request, "checkpoints", limit)
-        return [Checkpoint.from_proto(c, self) for c in protos]
+        return [Checkpoint.from_proto(c, self) for c in checkpoints]
 
     def delete_checkpoint(self, uuid: str) -> None:
         """Delete a checkpoint and its stored files; FailedPreconditionError (CHECKPOINT_IN_USE) while a
         version uses it."""
-        self._call("DeleteCheckpoint", pb.DeleteCheckpointRequest(uuid=uuid))
+        self._call("DeleteCheckpoint", uuid=uuid)
 
     # Registration and events
 
@@ -357,26 +360,28 @@ class Registry:
         the model; `aliases` (e.g. ["production"]) are pointed at the new version. request_id (a new
         UUID when None) makes the call safe to retry: it is retried on UNAVAILABLE, and a repeat with
         the same id returns the first call's version instead of registering another."""
-        request = pb.CreateModelVersionRequest(
+        if checkpoint is not None and not isinstance(checkpoint, Mapping):
+            raise TypeError(f"checkpoint: expected a dict of create_checkpoint's arguments, got {type(checkpoint).__name__}")
+        response = self._call(
+            "CreateModelVersion",
             model_name=model_name,
-            checkpoint_uuid=checkpoint_uuid or "",
+            checkpoint_uuid=checkpoint_uuid,
+            checkpoint=checkpoint_message(**checkpoint) if checkpoint is not None else None,
             name=name,
             comment=comment,
-            labels=list(labels or []),
-            metadata=dict_to_struct(metadata),
+            labels=labels,
+            metadata=dict_to_struct(metadata, "metadata"),
             notes=notes,
             create_model_if_missing=create_model_if_missing,
-            aliases=list(aliases),
+            aliases=aliases,
             request_id=_request_id(request_id),
         )
-        if checkpoint is not None:
-            request.checkpoint.CopyFrom(checkpoint_message(**checkpoint))
-        return ModelVersion.from_proto(self._call("CreateModelVersion", request).model_version, self)
+        return ModelVersion.from_proto(response.model_version, self)
 
     def watch(
         self,
         models: Iterable[str] | None = None,
-        kinds: Iterable[EventKind] | None = None,
+        kinds: Iterable[EventKind | str] | None = None,
         after: int = 0,
         *,
         reconnect: bool = True,
@@ -385,11 +390,17 @@ class Registry:
         they happen, in order, forever. With `reconnect`, a stream lost to UNAVAILABLE (a server
         stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate.
         Stop by breaking out of the loop (the stream is cancelled)."""
-        request = pb.WatchEventsRequest(model_names=list(models or []), kinds=list(kinds or []))
+        kinds = [kinds] if isinstance(kinds, (str, EventKind)) else kinds
+        message = request(
+            pb.WatchEventsRequest,
+            model_names=models,
+            kinds=[EventKind.coerce(kind, "kinds") for kind in kinds or []],
+            after_sequence=after,
+        )
         backoff = _WATCH_BACKOFF_S[0]
         while True:
-            request.after_sequence = after
-            call = self._stub.WatchEvents(request)
+            message.after_sequence = after
+            call = self._stub.WatchEvents(message)
             try:
                 for response in call:
                     event = Event.from_proto(response.event)
@@ -454,10 +465,10 @@ class Registry:
     ) -> Path:
         """Download the stored files of a checkpoint (or only those named in paths) into directory,
         checking every file's SHA-256; a file appears under its name only once it checked out."""
-        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        message = request(pb.DownloadCheckpointFilesRequest, checkpoint_uuid=uuid, paths=paths)
         sizes = self.get_checkpoint(uuid).resources
-        total = sum(sizes.get(p, 0) for p in paths) if paths else sum(sizes.values())
-        responses = self._stub.DownloadCheckpointFiles(pb.DownloadCheckpointFilesRequest(checkpoint_uuid=uuid, paths=paths))
+        total = sum(sizes.get(p, 0) for p in message.paths) if message.paths else sum(sizes.values())
+        responses = self._stub.DownloadCheckpointFiles(message)
         try:
             receive_files(responses, Path(directory), total, progress)
         except grpc.RpcError as err:

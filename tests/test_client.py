@@ -413,3 +413,66 @@ def test_the_wire_speaks_proto3_json() -> None:
     for spelling in ("experimentConfig", "experiment_config"):  # proto3 JSON parsers accept both on input
         parsed = json_format.Parse(f'{{"{spelling}": {{"searcher": "single"}}}}', checkpoint_pb2.Checkpoint())
         assert parsed.experiment_config == message.experiment_config
+
+
+def test_enums_are_taken_by_member_name_or_number(registry: Registry) -> None:
+    for name in ("b", "a", "c"):
+        registry.create_model(name)
+    names = lambda models: [m.name for m in models]  # noqa: E731
+    assert names(registry.get_models(sort_by="name")) == ["a", "b", "c"]
+    assert names(registry.get_models(sort_by="NAME", order_by="Desc")) == ["c", "b", "a"]
+    assert names(registry.get_models(sort_by="MODEL_SORT_BY_NAME", order_by=ModelOrderBy.DESC)) == ["c", "b", "a"]
+    assert names(registry.get_models(sort_by=ModelSortBy.CREATION_TIME, order_by="asc")) == ["b", "a", "c"]
+    assert names(registry.get_models(sort_by=int(ModelSortBy.NAME))) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"sort_by: 'colour' is not a ModelSortBy; expected one of name, "):
+        registry.get_models(sort_by="colour")
+    with pytest.raises(ValueError, match="order_by: 7 is not a ModelOrderBy"):
+        registry.get_models(order_by=7)  # type: ignore[arg-type]
+    checkpoint = registry.create_checkpoint(state="active")
+    assert checkpoint.state is CheckpointState.ACTIVE
+    with pytest.raises(ValueError, match="state: 'done' is not a CheckpointState"):
+        registry.create_checkpoint(state="done")
+    assert next(registry.watch(kinds="checkpoint_created")).checkpoint_uuid == checkpoint.uuid
+
+
+def test_the_client_enums_mirror_the_generated_ones() -> None:
+    from modelregistry.v1 import event_pb2, model_pb2
+    from registry_client.objects import _Choice, _mirrors
+
+    assert {f"EVENT_KIND_{k.name}" for k in EventKind} == set(event_pb2.EventKind.keys()) - {"EVENT_KIND_UNSPECIFIED"}
+    with pytest.raises(ImportError, match="ORDER_BY_DESC"):
+
+        @_mirrors(model_pb2.OrderBy, "ORDER_BY_")
+        class Partial(_Choice):
+            ASC = model_pb2.ORDER_BY_ASC
+
+
+def test_bad_arguments_are_typed_errors_naming_the_argument_and_key(registry: Registry) -> None:
+    model = registry.create_model("m")
+    with pytest.raises(TypeError, match=r"metadata\['a'\]\['b'\]: set \{1\} is not a JSON value"):
+        registry.create_model("n", metadata={"a": {"b": {1}}})
+    with pytest.raises(TypeError, match=r"hparams\['layers'\]\[1\]: object"):
+        registry.create_checkpoint(hparams={"layers": [1, object()]})
+    with pytest.raises(TypeError, match="metadata: keys must be strings, got int 1"):
+        model.add_metadata({1: "x"})
+    with pytest.raises(ValueError, match=r"metrics\['steps'\]: 9007199254740993 is beyond 2\*\*53"):
+        registry.create_checkpoint(metrics={"steps": 2**53 + 1})
+    with pytest.raises(ValueError, match=r"metadata\['x'\]: nan is not a JSON number"):
+        model.add_metadata({"x": float("nan")})
+    assert registry.create_checkpoint(metrics={"steps": 2**53}).metrics == {"steps": 2**53}
+    assert [m.name for m in registry.get_models()] == ["m"]  # nothing refused reached the server
+    assert len(registry.get_checkpoints()) == 1
+
+    with pytest.raises(TypeError, match="version: expected int, got str '1'"):
+        model.get_version("1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="experiment_id: expected int, got str '7'"):
+        registry.create_checkpoint(experiment_id="7")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="experiment_id: 1099511627776 is out of range"):
+        registry.create_checkpoint(experiment_id=2**40)
+    with pytest.raises(TypeError, match="name: expected str, got int 5"):
+        registry.create_model(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="labels: expected a list of str, got list"):
+        registry.create_model("n", labels=[1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="limit"):
+        registry.get_models(limit=-1)
+    assert registry.create_model("labelled", labels="vision").labels == ["vision"]  # one label, not six
