@@ -17,7 +17,7 @@ import grpc
 
 from modelregistry.v1 import registry_service_pb2 as pb, registry_service_pb2_grpc
 
-from .errors import RegistryError, UnavailableError, from_rpc_error
+from .errors import NotFoundError, RegistryError, UnavailableError, from_rpc_error
 from .transfer import Progress, UploadStream, local_files, receive_files
 from .objects import (
     Checkpoint,
@@ -330,6 +330,32 @@ class Registry:
             smaller_is_better=smaller_is_better,
         )
         return [Checkpoint.from_proto(c, self) for c in checkpoints]
+
+    def top_checkpoint(
+        self,
+        experiment_id: int | None = None,
+        *,
+        metric: str,
+        smaller_is_better: bool = False,
+        trial_id: int | None = None,
+    ) -> Checkpoint:
+        """The checkpoint with the best value of `metric` (of one experiment, or trial, when given): the
+        seed's get_experiment(id).top_checkpoint(). When no checkpoint reports a number for `metric`,
+        NotFoundError with reason METRIC_NOT_REPORTED, never an arbitrary checkpoint."""
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"metric: expected the name of a metric, e.g. 'loss', got {metric!r}")
+        found = self.get_checkpoints(experiment_id, trial_id, metric, smaller_is_better, limit=1)
+        value = found[0].metrics.get(metric) if found else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return found[0]
+        scope = {"experiment_id": experiment_id, "trial_id": trial_id}
+        where = "".join(f" of {key.split('_')[0]} {value}" for key, value in scope.items() if value is not None)
+        raise NotFoundError(
+            grpc.StatusCode.NOT_FOUND,
+            f"no checkpoint{where} reports the metric {metric!r} as a number",
+            "METRIC_NOT_REPORTED",
+            {"metric": metric, **{key: str(value) for key, value in scope.items() if value is not None}},
+        )
 
     def delete_checkpoint(self, uuid: str) -> None:
         """Delete a checkpoint and its stored files; FailedPreconditionError (CHECKPOINT_IN_USE) while a

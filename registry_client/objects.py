@@ -24,6 +24,7 @@ from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 
 from .errors import NotFoundError
 from .loading import load_checkpoint_dir
+from .transfer import Progress
 
 if TYPE_CHECKING:
     from .client import Registry
@@ -334,7 +335,11 @@ class Checkpoint(_Record):
         self._registry.delete_checkpoint(self.uuid)
 
     def download(
-        self, path: str | os.PathLike[str] | None = None, *, paths: Iterable[str] | None = None, progress: Any = None
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        paths: Iterable[str] | None = None,
+        progress: Progress | None = None,
     ) -> Path:
         """Download the checkpoint's stored files (or only `paths`) into the directory `path`, by
         default checkpoints/<uuid>; every file's SHA-256 is checked. Returns the directory."""
@@ -393,6 +398,21 @@ class ModelVersion(_Record):
             aliases=list(proto.aliases),
             _registry=registry,
         )
+
+    def download(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        paths: Iterable[str] | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download this version's checkpoint: checkpoint.download (by default into checkpoints/<uuid>)."""
+        return self.checkpoint.download(path, paths=paths, progress=progress)
+
+    def load(self, path: str | os.PathLike[str] | None = None, *, file: str | None = None) -> Any:
+        """Download this version's checkpoint and load its model: checkpoint.load, so that the seed's
+        `model.get_version().load()` works. Load only checkpoints you trust (pickle can run code)."""
+        return self.checkpoint.load(path, file=file)
 
     def _update(self, field_name: str, new_values: model_pb2.ModelVersion) -> ModelVersion:
         response = self._registry._call(

@@ -476,3 +476,38 @@ def test_bad_arguments_are_typed_errors_naming_the_argument_and_key(registry: Re
     with pytest.raises(ValueError, match="limit"):
         registry.get_models(limit=-1)
     assert registry.create_model("labelled", labels="vision").labels == ["vision"]  # one label, not six
+
+
+def test_the_seeds_get_version_load_and_download(registry: Registry, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    files = tmp_path / "trained"
+    files.mkdir()
+    (files / "model.pkl").write_bytes(pickle.dumps({"weights": [0.5, 0.25]}))
+    checkpoint = registry.upload_checkpoint(files, experiment_id=1, format="pkl")
+    model = registry.create_model("mnist_cnn")
+    model.register_version(checkpoint.uuid)
+    monkeypatch.chdir(tmp_path)
+
+    latest_version = model.get_version()
+    assert latest_version.load() == {"weights": [0.5, 0.25]}  # the seed's line
+    assert (tmp_path / "checkpoints" / checkpoint.uuid / "model.pkl").exists()
+    assert model.get_version(1).download(tmp_path / "here") == tmp_path / "here"
+    assert (tmp_path / "here" / "model.pkl").read_bytes() == (files / "model.pkl").read_bytes()
+
+
+def test_top_checkpoint_is_the_best_reporting_the_metric_or_an_error(registry: Registry) -> None:
+    for trial, loss in enumerate([0.5, 0.1, 0.3], start=1):
+        _checkpoint(registry, experiment_id=1, trial_id=trial, metrics={"loss": loss, "acc": 1 - loss})
+    _checkpoint(registry, experiment_id=1, trial_id=9, metrics={"loss": "n/a"})  # not a number: never the top
+    _checkpoint(registry, experiment_id=2, metrics={"acc": 0.9})
+
+    best = registry.top_checkpoint(experiment_id=1, metric="loss", smaller_is_better=True)
+    assert (best.trial_id, best.metrics["loss"]) == (2, 0.1)
+    assert registry.top_checkpoint(experiment_id=1, metric="loss").trial_id == 1  # larger is better by default
+    assert registry.top_checkpoint(metric="acc").metrics["acc"] == 0.9  # over every experiment
+    for experiment, metric in [(2, "loss"), (3, "loss"), (1, "f1")]:
+        with pytest.raises(NotFoundError) as caught:
+            registry.top_checkpoint(experiment_id=experiment, metric=metric)
+        assert caught.value.reason == "METRIC_NOT_REPORTED"
+        assert f"reports the metric {metric!r}" in caught.value.message

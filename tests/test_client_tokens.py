@@ -69,6 +69,7 @@ def test_every_client_method_sends_the_token(secured: tuple[RegistryServer, dict
         checkpoint: Checkpoint = call(r.create_checkpoint, experiment_id=1, metrics={"loss": 0.5})  # type: ignore[assignment]
         call(r.get_checkpoint, checkpoint.uuid)
         call(r.get_checkpoints, experiment_id=1)
+        call(r.top_checkpoint, experiment_id=1, metric="loss")
         uploaded: Checkpoint = call(r.upload_checkpoint, files, experiment_id=1, metrics={"loss": 0.1})  # type: ignore[assignment]
         call(r.upload_checkpoint_files, checkpoint.uuid, files)
         call(r.download_checkpoint, uploaded.uuid, tmp_path / "down")
@@ -76,6 +77,8 @@ def test_every_client_method_sends_the_token(secured: tuple[RegistryServer, dict
         call(uploaded.download, tmp_path / "down2")
         assert call(uploaded.load, tmp_path / "down3") == {"weights": [1, 2, 3]}
         version: ModelVersion = call(model.register_version, uploaded.uuid)  # type: ignore[assignment]
+        call(version.download, tmp_path / "down4")
+        assert call(version.load, tmp_path / "down5") == {"weights": [1, 2, 3]}
         call(r.register_version, "m", checkpoint.uuid)
         call(model.reload)
         call(model.add_metadata, {"k": 1})
