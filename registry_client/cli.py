@@ -11,8 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
+
 from .client import Registry, default_target
-from .errors import RegistryError
+from .errors import NotFoundError, RegistryError
 from .objects import (
     AliasChange,
     Checkpoint,
@@ -37,7 +39,7 @@ MODEL_FIELDS: list[tuple[str, Callable[[Model], Any]]] = [
     ("Created", lambda m: m.creation_time),
     ("Last updated", lambda m: m.last_updated_time),
     ("Versions", lambda m: m.num_versions),
-    ("Latest version", lambda m: m.latest_version),
+    ("Latest version", lambda m: m.latest_version or "none"),
 ]
 MODEL_COLUMNS = ["Name", "Description", "Labels", "Archived", "Versions", "Last updated"]
 
@@ -188,6 +190,41 @@ def model_describe(r: Registry, args: argparse.Namespace) -> None:
     else:
         print(f"Latest version ({version.version}):")
         _print_object(version, VERSION_FIELDS)
+
+
+def model_update(r: Registry, args: argparse.Namespace) -> None:
+    model = r.get_model(args.name).update(description=args.description, labels=_labels(args), notes=args.notes)
+    _show(args, model, MODEL_FIELDS)
+
+
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    """The labels an update sets: those of --label, none with --no-labels, else unchanged (None)."""
+    return [] if args.no_labels else args.label
+
+
+def model_version_describe(r: Registry, args: argparse.Namespace) -> None:
+    version = r.get_version(args.name, args.version, args.alias)
+    if version is None:
+        raise NotFoundError(grpc.StatusCode.NOT_FOUND, f"model {args.name} has no versions", "MODEL_VERSION_NOT_FOUND")
+    _show(args, version, VERSION_FIELDS)
+
+
+def _version(r: Registry, args: argparse.Namespace) -> ModelVersion:
+    version = r.get_version(args.name, args.version)
+    assert version is not None  # a version number was given: a missing one raised NotFoundError
+    return version
+
+
+def model_version_update(r: Registry, args: argparse.Namespace) -> None:
+    version = _version(r, args).update(
+        name=args.version_name, comment=args.comment, labels=_labels(args), metadata=args.metadata, notes=args.notes
+    )
+    _show(args, version, VERSION_FIELDS)
+
+
+def model_version_delete(r: Registry, args: argparse.Namespace) -> None:
+    _version(r, args).delete()
+    _done(args, f"Deleted version {args.version} of model {args.name}.")
 
 
 def model_register(r: Registry, args: argparse.Namespace) -> None:
@@ -461,6 +498,12 @@ def _add_checkpoint_field_options(p: argparse.ArgumentParser, state_help: str = 
                    choices=[s.name.lower() for s in CheckpointState if s != CheckpointState.UNSPECIFIED])
 
 
+def _add_label_options(p: argparse.ArgumentParser) -> None:
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--label", action="append", help="the new labels, replacing the old; repeatable")
+    labels.add_argument("--no-labels", action="store_true", help="remove every label")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     common = _global_options()
@@ -496,8 +539,37 @@ def build_parser() -> argparse.ArgumentParser:
     archived.add_argument("--unarchived", dest="archived", action="store_const", const=False)
     p.add_argument("--owner", default="")
 
-    p = command(models, "describe", model_describe, "Show a model and its latest version.")
+    p = command(models, "describe", model_describe,
+                "Show a model and its latest version (another version: model version describe).")
     p.add_argument("name")
+
+    p = command(models, "update", model_update, "Replace a model's description, labels or notes (those given).")
+    p.add_argument("name")
+    p.add_argument("--description")
+    _add_label_options(p)
+    p.add_argument("--notes")
+
+    versions = models.add_parser("version", help="show, edit or delete one version of a model").add_subparsers(
+        dest="version_command", required=True
+    )
+    p = command(versions, "describe", model_version_describe,
+                "Show one version: VERSION, the one --alias points at, or the latest.")
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("version", nargs="?", type=int, help="version number (default: the latest)")
+    which.add_argument("--alias", help="the version this alias points at, e.g. production")
+    p = command(versions, "update", model_version_update,
+                "Replace a version's name, comment, labels, metadata or notes (those given).")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--name", dest="version_name", help="name of the version")
+    p.add_argument("--comment")
+    _add_label_options(p)
+    p.add_argument("--metadata", type=json_object, metavar="JSON", help="replaces the whole metadata")
+    p.add_argument("--notes")
+    p = command(versions, "delete", model_version_delete, "Delete a version (its number is never reused).")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
 
     p = command(models, "register", model_register, "Register a checkpoint as the model's next version.")
     p.add_argument("name")

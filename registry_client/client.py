@@ -268,6 +268,20 @@ class Registry:
         )
         return [Model.from_proto(m, self) for m in models]
 
+    def get_version(
+        self, model_name: str, version: int | None = None, alias: str | None = None
+    ) -> ModelVersion | None:
+        """Return a version of a model: number `version`, the one `alias` points at, or the latest when
+        neither is given (None if the model has no version yet; a missing model, version or alias raises
+        NotFoundError)."""
+        try:
+            response = self._call("GetModelVersion", model_name=model_name, version=version, alias=alias)
+        except NotFoundError as err:
+            if not version and not alias and err.reason == "MODEL_VERSION_NOT_FOUND":
+                return None
+            raise
+        return ModelVersion.from_proto(response.model_version, self)
+
     def delete_model(self, name: str) -> None:
         """Delete a model and all its versions; the checkpoints stay."""
         self._call("DeleteModel", name=name)

@@ -22,7 +22,6 @@ from google.protobuf.message import Message
 
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 
-from .errors import NotFoundError
 from .loading import load_checkpoint_dir
 from .transfer import Progress
 
@@ -261,6 +260,13 @@ def checkpoint_message(
     return checkpoint
 
 
+def _mask(changes: Mapping[str, Any]) -> field_mask_pb2.FieldMask:
+    """The update_mask naming the fields of an update; ValueError for an update of nothing."""
+    if not changes:
+        raise ValueError("nothing to update: give at least one field")
+    return field_mask_pb2.FieldMask(paths=list(changes))
+
+
 def timestamp_to_datetime(message: Message, field_name: str) -> datetime.datetime | None:
     """Return message.<field_name> as a timezone-aware UTC datetime, or None when it is unset."""
     if not message.HasField(field_name):
@@ -414,36 +420,50 @@ class ModelVersion(_Record):
         `model.get_version().load()` works. Load only checkpoints you trust (pickle can run code)."""
         return self.checkpoint.load(path, file=file)
 
-    def _update(self, field_name: str, new_values: model_pb2.ModelVersion) -> ModelVersion:
+    def update(
+        self,
+        *,
+        name: str | None = None,
+        comment: str | None = None,
+        labels: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        notes: str | None = None,
+    ) -> ModelVersion:
+        """Replace the fields given (not None), and only those, in one atomic call; metadata is replaced
+        whole. Returns this object, updated from the server's answer."""
+        changes = {"name": name, "comment": comment, "labels": labels, "notes": notes}
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if metadata is not None:
+            changes["metadata"] = dict_to_struct(metadata, "metadata")
         response = self._registry._call(
             "UpdateModelVersion",
             model_name=self.model_name,
             version=self.version,
-            model_version=new_values,
-            update_mask=field_mask_pb2.FieldMask(paths=[field_name]),
+            model_version=request(model_pb2.ModelVersion, **changes),
+            update_mask=_mask(changes),
         )
         self.__dict__.update(ModelVersion.from_proto(response.model_version, self._registry).__dict__)
         return self
 
     def set_name(self, name: str) -> ModelVersion:
         """Replace the version's human-readable name."""
-        return self._update("name", request(model_pb2.ModelVersion, name=name))
+        return self.update(name=name)
 
     def set_comment(self, comment: str) -> ModelVersion:
         """Replace the version's comment."""
-        return self._update("comment", request(model_pb2.ModelVersion, comment=comment))
+        return self.update(comment=comment)
 
     def set_labels(self, labels: Iterable[str]) -> ModelVersion:
         """Replace the version's labels."""
-        return self._update("labels", request(model_pb2.ModelVersion, labels=labels))
+        return self.update(labels=labels)
 
     def set_metadata(self, metadata: Mapping[str, Any]) -> ModelVersion:
         """Replace the version's whole metadata."""
-        return self._update("metadata", model_pb2.ModelVersion(metadata=dict_to_struct(metadata, "metadata")))
+        return self.update(metadata=metadata)
 
     def set_notes(self, notes: str) -> ModelVersion:
         """Replace the version's notes."""
-        return self._update("notes", request(model_pb2.ModelVersion, notes=notes))
+        return self.update(notes=notes)
 
     def delete(self) -> None:
         """Delete this version; its number is never handed out again."""
@@ -497,9 +517,16 @@ class Model(_Record):
         self.__dict__.update(Model.from_proto(response.model, self._registry).__dict__)
         return self
 
-    def _update(self, field_name: str, new_values: model_pb2.Model) -> Model:
-        mask = field_mask_pb2.FieldMask(paths=[field_name])
-        return self._refresh("UpdateModel", name=self.name, model=new_values, update_mask=mask)
+    def update(
+        self, *, description: str | None = None, labels: Iterable[str] | None = None, notes: str | None = None
+    ) -> Model:
+        """Replace the fields given (not None), and only those, in one atomic call (metadata has
+        add_metadata and remove_metadata, the name rename)."""
+        changes = {"description": description, "labels": labels, "notes": notes}
+        changes = {key: value for key, value in changes.items() if value is not None}
+        return self._refresh(
+            "UpdateModel", name=self.name, model=request(model_pb2.Model, **changes), update_mask=_mask(changes)
+        )
 
     def reload(self) -> Model:
         """Fetch the model again, e.g. to see versions registered since."""
@@ -515,15 +542,15 @@ class Model(_Record):
 
     def set_description(self, description: str) -> Model:
         """Replace the description."""
-        return self._update("description", request(model_pb2.Model, description=description))
+        return self.update(description=description)
 
     def set_labels(self, labels: Iterable[str]) -> Model:
         """Replace the labels."""
-        return self._update("labels", request(model_pb2.Model, labels=labels))
+        return self.update(labels=labels)
 
     def set_notes(self, notes: str) -> Model:
         """Replace the notes."""
-        return self._update("notes", request(model_pb2.Model, notes=notes))
+        return self.update(notes=notes)
 
     def rename(self, new_name: str) -> Model:
         """Rename the model; its versions follow it."""
@@ -575,14 +602,7 @@ class Model(_Record):
     def get_version(self, n: int | None = None, alias: str | None = None) -> ModelVersion | None:
         """Return version n, the version `alias` points at, or the latest version when neither is given
         (None if the model has no version yet)."""
-        try:
-            response = self._registry._call("GetModelVersion", model_name=self.name, version=n, alias=alias)
-        except NotFoundError as err:
-            # A missing model (MODEL_NOT_FOUND), version or alias still raises.
-            if not n and not alias and err.reason == "MODEL_VERSION_NOT_FOUND":
-                return None
-            raise
-        return ModelVersion.from_proto(response.model_version, self._registry)
+        return self._registry.get_version(self.name, n, alias)
 
     def set_alias(self, alias: str, version: int) -> ModelVersion:
         """Point `alias` (e.g. "production") at a version, creating or moving it in one atomic step."""

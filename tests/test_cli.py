@@ -285,3 +285,52 @@ def test_watch_prints_events_as_json_lines(cli, cli_json) -> None:
     assert status == 0
     rows = [line.split() for line in out.splitlines()]
     assert [(row[0], row[2], row[3:4]) for row in rows] == [("2", "MODEL_CREATED", ["b"]), ("3", "CHECKPOINT_CREATED", [uuid])]
+
+
+def test_model_version_describe_update_delete(cli, cli_json) -> None:
+    cli_json("model", "create", "m")
+    uuid = _new_checkpoint(cli_json)
+    cli_json("model", "register", "m", uuid, "--alias", "production")
+    cli_json("model", "register", "m", uuid)
+
+    assert cli_json("model", "version", "describe", "m")["version"] == 2  # the latest
+    assert cli_json("model", "version", "describe", "m", "1")["aliases"] == ["production"]
+    shown = cli_json("model", "version", "describe", "m", "--alias", "production")
+    assert (shown["version"], shown["model_name"], shown["checkpoint"]["uuid"]) == (1, "m", uuid)
+    status, out, _ = cli("model", "version", "describe", "m", "1")
+    assert status == 0 and ["Version:", "1"] in [line.split() for line in out.splitlines()]
+    status, _, err = cli("model", "version", "describe", "m", "7")
+    assert status == 1 and err.startswith("error: NOT_FOUND MODEL_VERSION_NOT_FOUND: ")
+    assert cli("model", "version", "describe", "m", "1", "--alias", "production")[0] == 2
+
+    updated = cli_json("model", "version", "update", "m", "1", "--name", "first", "--comment", "c",
+                       "--label", "a", "--label", "b", "--metadata", '{"epochs": 10}', "--notes", "n")
+    assert (updated["name"], updated["comment"], updated["labels"], updated["metadata"], updated["notes"]) == (
+        "first", "c", ["a", "b"], {"epochs": 10}, "n"
+    )
+    cleared = cli_json("model", "version", "update", "m", "1", "--no-labels", "--metadata", "{}")
+    assert (cleared["labels"], cleared["metadata"], cleared["name"]) == ([], {}, "first")  # the rest stays
+    status, _, err = cli("model", "version", "update", "m", "1")
+    assert status == 2 and "nothing to update" in err
+    assert cli("model", "version", "update", "m", "1", "--label", "x", "--no-labels")[0] == 2
+
+    status, out, _ = cli("model", "version", "delete", "m", "2")
+    assert (status, out) == (0, "Deleted version 2 of model m.\n")
+    assert cli_json("model", "version", "describe", "m")["version"] == 1
+    status, _, err = cli("model", "version", "delete", "m", "1")  # production points at it
+    assert status == 1 and "VERSION_HAS_ALIASES" in err
+
+
+def test_model_update_and_a_model_without_versions(cli, cli_json) -> None:
+    cli_json("model", "create", "m", "--label", "old", "--description", "d0")
+    status, out, _ = cli("model", "describe", "m")
+    assert status == 0 and ["Latest", "version:", "none"] in [line.split() for line in out.splitlines()]
+    status, _, err = cli("model", "version", "describe", "m")
+    assert status == 1 and "model m has no versions" in err
+
+    updated = cli_json("model", "update", "m", "--description", "d1", "--label", "a", "--notes", "n")
+    assert (updated["description"], updated["labels"], updated["notes"]) == ("d1", ["a"], "n")
+    assert cli_json("model", "update", "m", "--no-labels")["labels"] == []
+    assert cli_json("model", "describe", "m")["model"]["description"] == "d1"
+    status, _, err = cli("model", "update", "m")
+    assert status == 2 and "nothing to update" in err
