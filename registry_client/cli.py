@@ -97,8 +97,15 @@ CHECKPOINT_FIELDS: list[tuple[str, Callable[[Checkpoint], Any]]] = [
 CHECKPOINT_COLUMNS = ["UUID", "Experiment", "Trial", "Batch", "State", "Metrics", "Reported"]
 
 
+def escape(text: str) -> str:
+    """text with every character that is not printable escaped as in Python (\\x1b, \\u202e, \\n): C0
+    and C1 controls, DEL, bidi and other format controls, line separators. Stored text comes from other
+    people, and an escape sequence printed raw could rewrite the terminal or disguise what it shows."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _text(value: Any) -> str:
-    """Render one value for a human: dicts as compact JSON, lists comma-separated, times in UTC."""
+    """Render one value for a human: dicts as compact JSON, lists comma-separated, times in UTC; escaped."""
     if value is None:
         return ""
     if isinstance(value, datetime.datetime):
@@ -106,10 +113,10 @@ def _text(value: Any) -> str:
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":")) if value else ""
+        return json.dumps(value, separators=(",", ":")) if value else ""  # ASCII: escapes everything else
     if isinstance(value, list):
-        return ", ".join(map(str, value))
-    return str(value)
+        return ", ".join(_text(item) for item in value)
+    return escape(str(value))
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> None:
@@ -301,7 +308,7 @@ def model_labels(r: Registry, args: argparse.Namespace) -> None:
         _print_json(labels)
     else:
         for label in labels:
-            print(label)
+            print(escape(label))
 
 
 def _checkpoint_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -696,15 +703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         connection = {key: getattr(args, key) for key in CONNECTION_OPTIONS if hasattr(args, key)}
         with Registry(target, timeout=getattr(args, "timeout", 30.0), **connection) as registry:
             args.handler(registry, args)
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (RegistryError, OSError) as err:
+        print(f"error: {escape(str(err))}", file=sys.stderr)
         return 1
     except (TypeError, ValueError) as err:
         # e.g. a JSON value the protobuf Struct cannot hold, or a number out of range.
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {escape(str(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -334,3 +334,21 @@ def test_model_update_and_a_model_without_versions(cli, cli_json) -> None:
     assert cli_json("model", "describe", "m")["model"]["description"] == "d1"
     status, _, err = cli("model", "update", "m")
     assert status == 2 and "nothing to update" in err
+
+
+HOSTILE = "ok\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f\u202etxt.exe\u2028\n\tend"
+
+
+def test_tables_escape_control_characters_of_stored_text(cli, cli_json) -> None:
+    cli_json("model", "create", "m", "--description", HOSTILE, "--notes", HOSTILE)
+    uuid = _new_checkpoint(cli_json, framework=HOSTILE)
+    cli_json("model", "register", "m", uuid, "--comment", HOSTILE, "--metadata", json.dumps({HOSTILE: HOSTILE}))
+    outputs = [cli(*argv)[1] for argv in [
+        ("model", "list"), ("model", "describe", "m"), ("model", "list-versions", "m"),
+        ("model", "version", "describe", "m"), ("checkpoint", "describe", uuid), ("checkpoint", "list"),
+    ]]
+    for out in outputs:
+        assert not any(c in out for c in "\x1b\x07\x9b\x7f\u202e\u2028\t"), out
+    for out in outputs[:-1]:  # (checkpoint list shows no text field)
+        assert "ok\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f\\u202etxt.exe\\u2028\\n\\tend" in out, out
+    assert cli_json("model", "describe", "m")["model"]["description"] == HOSTILE  # JSON keeps the text exact
