@@ -255,16 +255,26 @@ def model_alias_history(r: Registry, args: argparse.Namespace) -> None:
     _show_list(args, changes, ALIAS_CHANGE_FIELDS, [heading for heading, _ in ALIAS_CHANGE_FIELDS])
 
 
+# Events are printed as they come, so their columns have fixed widths (the widest kind, a uuid...).
+EVENT_WIDTHS = [8, 25, max(len(k.name) for k in EventKind), 20, 7, 16, 36, 0]
+
+
 def registry_watch(r: Registry, args: argparse.Namespace) -> None:
-    """One line per event as it happens (JSON Lines with --json), until --limit events or Ctrl-C."""
-    events = r.watch(args.model, args.kind, args.after, reconnect=not args.no_reconnect)
-    getters = [get for _, get in EVENT_FIELDS]
+    """One line per event as it happens (JSON Lines with --json), until --limit events, the end of the
+    history (--no-follow) or Ctrl-C."""
+    events = r.watch(args.model, args.kind, args.after, follow=not args.no_follow, reconnect=not args.no_reconnect)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, EVENT_WIDTHS)).rstrip()
+
+    if not args.json:
+        print(line([heading for heading, _ in EVENT_FIELDS]), flush=True)
     try:
         for count, event in enumerate(events, start=1):
             if args.json:
                 print(json.dumps(event.to_dict()), flush=True)
             else:
-                print("  ".join(_text(get(event)) for get in getters).rstrip(), flush=True)
+                print(line([_text(get(event)) for _, get in EVENT_FIELDS]), flush=True)
             if args.limit and count >= args.limit:
                 break
     except KeyboardInterrupt:
@@ -670,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=int, default=0, metavar="SEQUENCE",
                    help="start after this event's sequence number (default 0: the whole history)")
     p.add_argument("--limit", type=int, default=0, help="stop after this many events (default: never)")
+    p.add_argument("--no-follow", action="store_true",
+                   help="stop at the end of the stored history instead of waiting for new events")
     p.add_argument("--no-reconnect", action="store_true", help="exit with an error when the stream is lost")
 
     for name, handler, help_text, file_help in [

@@ -9,7 +9,7 @@ import json
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -421,21 +421,24 @@ class Registry:
     def watch(
         self,
         models: Iterable[str] | None = None,
-        kinds: Iterable[EventKind | str] | None = None,
+        kinds: Iterable[EventKind | str] | EventKind | str | None = None,
         after: int = 0,
         *,
+        follow: bool = True,
         reconnect: bool = True,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Yield the registry's events numbered after `after` (0: from the first), then new ones as
-        they happen, in order, forever. With `reconnect`, a stream lost to UNAVAILABLE (a server
-        stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate.
-        Stop by breaking out of the loop (the stream is cancelled)."""
+        they happen, in order, forever; with follow=False, stop at the end of the stored history instead.
+        With `reconnect`, a stream lost to UNAVAILABLE (a server stopping or unreachable) is resumed after
+        the last event yielded, with no gap or duplicate. Stop by breaking out of the loop (the stream
+        is cancelled)."""
         kinds = [kinds] if isinstance(kinds, (str, EventKind)) else kinds
         message = request(
             pb.WatchEventsRequest,
             model_names=models,
             kinds=[EventKind.coerce(kind, "kinds") for kind in kinds or []],
             after_sequence=after,
+            stop_at_end=not follow,
         )
         backoff = _WATCH_BACKOFF_S[0]
         while True:
@@ -447,6 +450,8 @@ class Registry:
                     after = event.sequence
                     backoff = _WATCH_BACKOFF_S[0]
                     yield event
+                if not follow:
+                    return  # the server says this was the end of the history
             except grpc.RpcError as err:
                 error = from_rpc_error(err)
                 if not (reconnect and isinstance(error, UnavailableError)):
@@ -455,6 +460,7 @@ class Registry:
                 call.cancel()
             time.sleep(backoff)
             backoff = min(backoff * 2, _WATCH_BACKOFF_S[1])
+
     # Checkpoint files. Transfers have no deadline: a large checkpoint takes as long as it takes.
 
     def upload_checkpoint(

@@ -283,7 +283,7 @@ def test_watch_prints_events_as_json_lines(cli, cli_json) -> None:
     )
     status, out, _ = cli("watch", "--after", "1", "--limit", "2")
     assert status == 0
-    rows = [line.split() for line in out.splitlines()]
+    rows = [line.split() for line in out.splitlines()[1:]]  # under the header
     assert [(row[0], row[2], row[3:4]) for row in rows] == [("2", "MODEL_CREATED", ["b"]), ("3", "CHECKPOINT_CREATED", [uuid])]
 
 
@@ -352,3 +352,18 @@ def test_tables_escape_control_characters_of_stored_text(cli, cli_json) -> None:
     for out in outputs[:-1]:  # (checkpoint list shows no text field)
         assert "ok\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f\\u202etxt.exe\\u2028\\n\\tend" in out, out
     assert cli_json("model", "describe", "m")["model"]["description"] == HOSTILE  # JSON keeps the text exact
+
+
+def test_watch_no_follow_stops_at_the_end_with_a_header(cli, cli_json) -> None:
+    cli_json("model", "create", "a")
+    cli_json("model", "create", "b")
+    status, out, err = cli("watch", "--no-follow", "--limit", "10")  # fewer than 10 events: ends anyway
+    assert (status, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split() == ["Sequence", "Time", "Kind", "Model", "Version", "Alias", "Checkpoint", "Principal"]
+    assert [(row.split()[0], row.split()[2], row.split()[3]) for row in rows] == [
+        ("1", "MODEL_CREATED", "a"), ("2", "MODEL_CREATED", "b")
+    ]
+    assert rows[1].index("MODEL_CREATED") == header.index("Kind")  # columns line up under the header
+    status, out, _ = cli("watch", "--no-follow", "--json", "--kind", "MODEL_CREATED", "--after", "1")
+    assert status == 0 and [json.loads(line)["model_name"] for line in out.splitlines()] == ["b"]

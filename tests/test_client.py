@@ -511,3 +511,17 @@ def test_top_checkpoint_is_the_best_reporting_the_metric_or_an_error(registry: R
             registry.top_checkpoint(experiment_id=experiment, metric=metric)
         assert caught.value.reason == "METRIC_NOT_REPORTED"
         assert f"reports the metric {metric!r}" in caught.value.message
+
+
+def test_watch_without_follow_ends_at_the_end_of_history(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry_server import servicer
+
+    monkeypatch.setattr(servicer, "WATCH_BATCH", 2)  # several reads before the end
+    for name in "abcde":
+        registry.create_model(name)
+    registry.create_checkpoint()
+    assert [e.sequence for e in registry.watch(follow=False)] == [1, 2, 3, 4, 5, 6]
+    assert [e.model_name for e in registry.watch(after=2, follow=False)] == ["c", "d", "e", ""]
+    assert [e.model_name for e in registry.watch(models=["d", "b"], follow=False)] == ["b", "d"]
+    assert list(registry.watch(kinds=["alias_set"], follow=False)) == []
+    assert list(registry.watch(after=6, follow=False)) == []
