@@ -6,6 +6,7 @@ import argparse
 import datetime
 import enum
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from .client import Registry, default_target
+from .client import Registry
+from .connection import default_target
 from .errors import NotFoundError, RegistryError
 from .objects import (
     AliasChange,
@@ -465,6 +467,17 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def json_sizes(text: str) -> dict[str, int]:
     """argparse type: a JSON object mapping file paths to sizes in bytes."""
     value = json_object(text)
@@ -487,7 +500,7 @@ def _global_options() -> argparse.ArgumentParser:
                         "(default: $MODEL_REGISTRY_TARGET, else localhost:50051)")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON for scripts instead of tables")
-    parent.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+    parent.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS,
                         help="seconds to wait for each call (default: 30)")
     parent.add_argument("--token", default=argparse.SUPPRESS,
                         help="bearer token (default: $MODEL_REGISTRY_TOKEN; prefer it: arguments show in `ps`)")
@@ -714,6 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(None, args)
         connection = {key: getattr(args, key) for key in CONNECTION_OPTIONS if hasattr(args, key)}
         with Registry(target, timeout=getattr(args, "timeout", 30.0), **connection) as registry:
+            registry.check_connection()  # one clear line at once when the server cannot be reached
             args.handler(registry, args)
     except (RegistryError, OSError) as err:
         print(f"error: {escape(str(err))}", file=sys.stderr)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
-import json
+import math
 import os
 import time
 import uuid as uuidlib
@@ -14,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from modelregistry.v1 import registry_service_pb2 as pb, registry_service_pb2_grpc
 
+from .connection import TOKEN_ENV, default_target, open_channel, unreachable, wait_for_connection, with_default_port
 from .errors import NotFoundError, RegistryError, UnavailableError, from_rpc_error
 from .transfer import Progress, UploadStream, local_files, receive_files
 from .objects import (
@@ -33,49 +34,7 @@ from .objects import (
     request,
 )
 
-DEFAULT_TARGET = "localhost:50051"
-TARGET_ENV = "MODEL_REGISTRY_TARGET"
-TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
-
-_SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
-# Retrying is safe only where a repeated call cannot do something twice: reads, updates that set
-# absolute values, and the creates, because this client always sends them with a request_id (the
-# server answers a repeat with the first call's result). Delete* and RenameModel could fail on a
-# second attempt after a first one that took effect.
-_IDEMPOTENT_WRITES = {
-    "UpdateModel",
-    "UpdateModelMetadata",
-    "UpdateModelVersion",
-    "ArchiveModel",
-    "UnarchiveModel",
-    "SetModelAlias",
-    "CreateModel",
-    "CreateModelVersion",
-    "CreateCheckpoint",
-}
-_RETRYABLE_METHODS = sorted(
-    m.name for m in _SERVICE.methods if m.name.startswith(("Get", "List")) or m.name in _IDEMPOTENT_WRITES
-)
-SERVICE_CONFIG = json.dumps(
-    {
-        # Spread calls over every address the target resolves to (several replicas behind one DNS
-        # name, or "ipv4:host1:port,host2:port"), skipping those that are down.
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [{"service": _SERVICE.full_name, "method": m} for m in _RETRYABLE_METHODS],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
-
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 # First and longest pause before a lost watch stream is resumed.
 _WATCH_BACKOFF_S = (0.1, 5.0)
@@ -84,59 +43,6 @@ _WATCH_BACKOFF_S = (0.1, 5.0)
 def _request_id(given: str | None) -> str:
     """The caller's request_id, or a new one: every create this client sends can be retried safely."""
     return given or str(uuidlib.uuid4())
-
-
-def default_target() -> str:
-    """The server address: $MODEL_REGISTRY_TARGET, else localhost:50051."""
-    return os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-
-
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
-
-
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
-    ),
-    grpc.ClientCallDetails,
-):
-    """The details of a call as an interceptor hands them on (grpc.ClientCallDetails is abstract)."""
-
-
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer TOKEN` to every call of a channel, streams included. gRPC sends call
-    credentials over TLS only, so plaintext channels (loopback, tests) carry the token this way."""
-
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: grpc.ClientCallDetails) -> _CallDetails:
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            [*(details.metadata or ()), self._header],
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
-        return continuation(self._with_token(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
-        return continuation(self._with_token(details), requests)
 
 
 class Registry:
@@ -157,7 +63,8 @@ class Registry:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
-        """Connect to target (host:port); a given channel is used as is, without the retry config.
+        """Connect to target (host:port; "localhost" alone means localhost:50051); a given channel is
+        used as is, without the retry config. `timeout` is every call's deadline, in seconds.
 
         `token` (default $MODEL_REGISTRY_TOKEN) is sent as `authorization: Bearer TOKEN` with every call:
         it is attached to the channel (call credentials on TLS, an interceptor otherwise, and on a given
@@ -165,28 +72,33 @@ class Registry:
         TLS is used when `tls` is true or any of the PEM file paths is given: `tls_ca` the CA that signed
         the server's certificate (default: the system's roots), `tls_cert`/`tls_key` this client's
         certificate and key for a server that asks for one (mutual TLS)."""
-        self.target = target or default_target()
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout: expected a number of seconds, got {type(timeout).__name__} {timeout!r}")
+        if not (0 < timeout < math.inf):
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+        self.target = with_default_port(target) if target else default_target()
         self.timeout = timeout
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._tls = bool(tls or tls_ca or tls_cert or tls_key)
         self._owns_channel = channel is None
-        options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-        if channel is None and (tls or tls_ca or tls_cert or tls_key):
-            if bool(tls_cert) != bool(tls_key):
-                raise ValueError("tls_cert and tls_key go together")
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
-            )
-            if token:
-                credentials = grpc.composite_channel_credentials(
-                    credentials, grpc.access_token_call_credentials(token)
-                )
-            channel = grpc.secure_channel(self.target, credentials, options=options)
-        elif token:
-            channel = grpc.intercept_channel(
-                channel or grpc.insecure_channel(self.target, options=options), _BearerToken(token)
-            )
-        self._channel = channel or grpc.insecure_channel(self.target, options=options)
+        self._channel = open_channel(
+            self.target,
+            token=token if token is not None else os.environ.get(TOKEN_ENV),
+            tls=self._tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            channel=channel,
+        )
         self._stub = registry_service_pb2_grpc.ModelRegistryServiceStub(self._channel)
+
+    def _error(self, err: grpc.RpcError) -> RegistryError:
+        """The RegistryError of a failed call; a failure to connect says why, and what to do."""
+        error = from_rpc_error(err)
+        if isinstance(error, UnavailableError) and not error.reason:
+            explained = unreachable(self.target, self._tls, error.message)
+            if explained:
+                return UnavailableError(error.code, explained)
+        return error
 
     def _call(self, rpc: str, **fields: Any) -> Any:
         """Invoke one RPC with the request of these fields and the default deadline, turning failures
@@ -195,7 +107,34 @@ class Registry:
         try:
             return getattr(self._stub, rpc)(message, timeout=self.timeout)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
+
+    def check_connection(self) -> None:
+        """Connect now, and raise UnavailableError saying why the registry cannot be reached (nothing
+        listening, an unknown host, TLS on one side only, an untrusted certificate) at the first failed
+        attempt, rather than after the retries of a call. The command line runs it before each command."""
+        state = wait_for_connection(self._channel, self.timeout)
+        if state == grpc.ChannelConnectivity.READY:
+            return
+        if state is None:
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the registry at {self.target}: no connection within {self.timeout:g} s "
+                "(is the address right? set --target or MODEL_REGISTRY_TARGET)",
+            )
+        # The channel has failed: one call that is never retried (health) fetches gRPC's reason.
+        check = self._channel.unary_unary(
+            HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            check(health_pb2.HealthCheckRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            error = self._error(err)
+            if isinstance(error, UnavailableError):
+                raise error from err
+        # Anything else came from a server that answered: connected after all.
 
     def _list_all(self, rpc: str, items_field: str, limit: int | None, **fields: Any) -> list[Any]:
         """Collect items_field over every page of a list RPC, stopping early at limit."""
@@ -453,7 +392,7 @@ class Registry:
                 if not follow:
                     return  # the server says this was the end of the history
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
+                error = self._error(err)
                 if not (reconnect and isinstance(error, UnavailableError)):
                     raise error from err
             finally:
@@ -498,7 +437,7 @@ class Registry:
         except grpc.RpcError as err:
             if stream.error is not None:  # reading a local file failed: that, not CANCELLED, is the news
                 raise stream.error from None
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def download_checkpoint(
@@ -518,7 +457,7 @@ class Registry:
         try:
             receive_files(responses, Path(directory), total, progress)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         finally:
             responses.cancel()  # a no-op once the stream has ended; stops it after a local failure
         return Path(directory)

@@ -62,6 +62,7 @@ def test_every_client_method_sends_the_token(secured: tuple[RegistryServer, dict
     (files / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     call = Recorder()
     with Registry(f"127.0.0.1:{server.port}", token=ADMIN, timeout=10, **options) as r:
+        call(r.check_connection)
         model: Model = call(r.create_model, "m", description="d")  # type: ignore[assignment]
         call(r.get_model, "m")
         call(r.get_models)
