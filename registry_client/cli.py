@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import enum
+import importlib.metadata
 import json
 import math
 import os
@@ -534,12 +535,21 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     labels.add_argument("--no-labels", action="store_true", help="remove every label")
 
 
+def _version_of_package() -> str:
+    """The installed package's version (pyproject.toml's, through the package metadata)."""
+    try:
+        return importlib.metadata.version("model-registry")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     common = _global_options()
     parser = argparse.ArgumentParser(
         prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version_of_package()}")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch,export,import}")
 
     def command(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str

@@ -367,3 +367,14 @@ def test_watch_no_follow_stops_at_the_end_with_a_header(cli, cli_json) -> None:
     assert rows[1].index("MODEL_CREATED") == header.index("Kind")  # columns line up under the header
     status, out, _ = cli("watch", "--no-follow", "--json", "--kind", "MODEL_CREATED", "--after", "1")
     assert status == 0 and [json.loads(line)["model_name"] for line in out.splitlines()] == ["b"]
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert importlib.metadata.version("model-registry") == declared
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"model-registry {declared}\n"
