@@ -31,6 +31,7 @@ from .objects import (
 )
 
 # (heading, getter) per object type: `describe` shows them all, list tables the ones named below.
+Fields = Sequence[tuple[str, Callable[[Any], Any]]]
 MODEL_FIELDS: list[tuple[str, Callable[[Model], Any]]] = [
     ("Name", lambda m: m.name),
     ("Description", lambda m: m.description),
@@ -132,12 +133,12 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = N
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
-def _print_list(objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]) -> None:
+def _print_list(objects: Sequence[Any], fields: Fields, columns: list[str]) -> None:
     getters = [dict(fields)[heading] for heading in columns]
     print_table([[get(o) for get in getters] for o in objects], columns)
 
 
-def _print_object(obj: Any, fields: list[tuple[str, Callable]]) -> None:
+def _print_object(obj: Any, fields: Fields) -> None:
     print_table([(f"{heading}:", get(obj)) for heading, get in fields])
 
 
@@ -145,7 +146,7 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
-def _show(args: argparse.Namespace, obj: Any, fields: list[tuple[str, Callable]]) -> None:
+def _show(args: argparse.Namespace, obj: Any, fields: Fields) -> None:
     if args.json:
         _print_json(obj.to_dict())
     else:
@@ -153,7 +154,7 @@ def _show(args: argparse.Namespace, obj: Any, fields: list[tuple[str, Callable]]
 
 
 def _show_list(
-    args: argparse.Namespace, objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]
+    args: argparse.Namespace, objects: Sequence[Any], fields: Fields, columns: list[str]
 ) -> None:
     if args.json:
         _print_json([o.to_dict() for o in objects])
@@ -552,8 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version_of_package()}")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch,export,import}")
 
-    def command(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
-                ) -> argparse.ArgumentParser:
+    def command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Callable[..., Any],
+                help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p

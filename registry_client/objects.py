@@ -12,12 +12,11 @@ from pathlib import Path
 from dataclasses import dataclass, field
 import math
 import reprlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
@@ -60,7 +59,15 @@ class _Choice(enum.IntEnum):
 _PROTO_NAMES: dict[type[_Choice], dict[int, str]] = {}
 
 
-def _mirrors(proto_enum: EnumTypeWrapper, prefix: str) -> Callable[[type[C]], type[C]]:
+class _ProtoEnum(Protocol):
+    """A generated protobuf enum (its class, as mypy-protobuf types it)."""
+
+    DESCRIPTOR: EnumDescriptor
+
+    def items(self) -> Sequence[tuple[str, int]]: ...
+
+
+def _mirrors(proto_enum: _ProtoEnum, prefix: str) -> Callable[[type[C]], type[C]]:
     """Class decorator: the client enum takes every number from the generated enum, and must name every
     value of it but UNSPECIFIED (import fails otherwise), so that it can never fall behind the proto."""
 
@@ -185,7 +192,7 @@ def dict_to_struct(value: Mapping[str, Any] | None, argument: str = "value") -> 
     return struct
 
 
-def _expected(field: FieldDescriptor) -> str:
+def _expected(field: Any) -> str:  # a FieldDescriptor (of the C or of the Python implementation)
     kind = {
         FieldDescriptor.CPPTYPE_STRING: "bytes" if field.type == FieldDescriptor.TYPE_BYTES else "str",
         FieldDescriptor.CPPTYPE_BOOL: "bool",
@@ -271,7 +278,8 @@ def timestamp_to_datetime(message: Message, field_name: str) -> datetime.datetim
     """Return message.<field_name> as a timezone-aware UTC datetime, or None when it is unset."""
     if not message.HasField(field_name):
         return None
-    return getattr(message, field_name).ToDatetime(tzinfo=datetime.timezone.utc)
+    value: datetime.datetime = getattr(message, field_name).ToDatetime(tzinfo=datetime.timezone.utc)
+    return value
 
 
 def _plain(value: Any) -> Any:

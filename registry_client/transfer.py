@@ -32,7 +32,7 @@ def local_files(local_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     root = Path(local_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
-    files = []
+    files: list[tuple[str, Path]] = []
     for directory, subdirectories, names in os.walk(root):
         for name in subdirectories + names:
             path = Path(directory, name)
