@@ -301,13 +301,14 @@ class Registry:
         value = found[0].metrics.get(metric) if found else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return found[0]
-        scope = {"experiment_id": experiment_id, "trial_id": trial_id}
-        where = "".join(f" of {key.split('_')[0]} {value}" for key, value in scope.items() if value is not None)
+        scope = {key: str(number) for key, number in [("experiment_id", experiment_id), ("trial_id", trial_id)]
+                 if number is not None}
+        where = "".join(f" of {key.removesuffix('_id')} {number}" for key, number in scope.items())
         raise NotFoundError(
             grpc.StatusCode.NOT_FOUND,
             f"no checkpoint{where} reports the metric {metric!r} as a number",
             "METRIC_NOT_REPORTED",
-            {"metric": metric, **{key: str(value) for key, value in scope.items() if value is not None}},
+            {"metric": metric, **scope},
         )
 
     def delete_checkpoint(self, uuid: str) -> None:

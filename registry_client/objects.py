@@ -6,13 +6,12 @@ import copy
 import dataclasses
 import datetime
 import enum
-import os
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from dataclasses import dataclass, field
 import math
+import os
 import reprlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
