@@ -16,6 +16,7 @@ import pytest
 from registry_client import Checkpoint, EventKind, Model, ModelVersion, Registry
 from registry_client.cli import build_parser, main
 from registry_server.server import RegistryServer, TlsFiles, build_server
+from registry_server.storage import LocalStorage
 
 from .certs import CertificateAuthority
 from .conftest import TOKENS
@@ -24,7 +25,7 @@ ADMIN = TOKENS["admin"][0]
 
 
 @pytest.fixture(params=["plaintext", "tls"])
-def secured(request: pytest.FixtureRequest, database_url: str, tokens_file: str, tmp_path: Path
+def secured(request: pytest.FixtureRequest, database_url: str, tokens_file: str, tmp_path: Path, storage_dir: str
             ) -> Iterator[tuple[RegistryServer, dict[str, str]]]:
     """A server with tokens on, and the connection options (Registry's keyword arguments) to reach it."""
     tls, options = None, {}
@@ -32,7 +33,8 @@ def secured(request: pytest.FixtureRequest, database_url: str, tokens_file: str,
         ca = CertificateAuthority(tmp_path)
         cert = ca.issue("registry server", server=True)
         tls, options = TlsFiles(cert.cert, cert.key), {"tls_ca": ca.path}
-    running = build_server(database_url, "127.0.0.1", 0, auth_tokens=tokens_file, tls=tls)
+    running = build_server(database_url, "127.0.0.1", 0, auth_tokens=tokens_file, tls=tls,
+                           storage=LocalStorage(storage_dir))
     try:
         yield running, options
     finally:

@@ -15,6 +15,7 @@ import pytest
 from registry_client import Registry, UnavailableError
 from registry_client.cli import main
 from registry_server.server import RegistryServer, TlsFiles, build_server
+from registry_server.storage import LocalStorage
 
 from .certs import CertificateAuthority
 from .servers import ServerProcess, console_script
@@ -85,9 +86,10 @@ def ca(tmp_path: Path) -> CertificateAuthority:
 
 
 @pytest.fixture
-def tls_server(database_url: str, ca: CertificateAuthority) -> Iterator[RegistryServer]:
+def tls_server(database_url: str, ca: CertificateAuthority, tmp_path: Path) -> Iterator[RegistryServer]:
     cert = ca.issue("registry server", server=True)
-    running = build_server(database_url, "127.0.0.1", 0, tls=TlsFiles(cert.cert, cert.key, ca.path))
+    running = build_server(database_url, "127.0.0.1", 0, tls=TlsFiles(cert.cert, cert.key, ca.path),
+                           storage=LocalStorage(tmp_path / "tls-files"))
     yield running
     running.stop(grace=None)
 
