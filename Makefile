@@ -2,34 +2,42 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 ARGS ?=
+# protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: the environment's first.
+PROTOC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc
 
 .PHONY: install run test lint proto check-proto bench bench-files clean
 
-install: $(STAMP)
+# One install stamp per set of extras, so that each target installs only what it needs: `make run`
+# the package alone (what `pip install .` gives users), `make test` the test tools too, `make install`
+# (and `make proto`) the stub generators as well. A larger set marks the smaller ones as installed.
+EXTRAS_run :=
+EXTRAS_test := [test]
+EXTRAS_dev := [dev]
+SUBSETS_test := $(VENV)/.installed-run
+SUBSETS_dev := $(VENV)/.installed-run $(VENV)/.installed-test
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.$(EXTRAS_$*)'
+	touch $@ $(SUBSETS_$*)
+
+install: $(VENV)/.installed-dev
 
 ## run: serve on 127.0.0.1:50051 with the SQLite file registry.db (pass flags with ARGS="...")
-run: install
+run: $(VENV)/.installed-run
 	$(BIN)/model-registry-server $(ARGS)
 
 ## test: the whole suite; PostgreSQL too when MODEL_REGISTRY_TEST_POSTGRES_URL is set
-test: install
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 
 ## proto: regenerate the Python stubs (and mypy .pyi) beside the .proto files
-proto: install
-	$(BIN)/python -m grpc_tools.protoc -I protos --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
-		--python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
-	$(BIN)/python -m grpc_tools.protoc -I protos --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
-		--grpc_python_out=protos --mypy_grpc_out=protos \
+proto: $(VENV)/.installed-dev
+	$(PROTOC) -I protos --python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
+	$(PROTOC) -I protos --grpc_python_out=protos --mypy_grpc_out=protos \
 		protos/modelregistry/v1/registry_service.proto
 
 ## check-proto: fail when the committed stubs differ from what `make proto` generates
@@ -44,11 +52,11 @@ lint: $(BUF)
 	$(BUF) lint && $(BUF) format -d --exit-code
 
 ## bench: throughput and latency beside a no-op gRPC baseline, scale, memory, start-up (README.md, Performance)
-bench: install
+bench: $(VENV)/.installed-run
 	$(BIN)/python -m bench $(ARGS)
 
 ## bench-files: checkpoint upload/download MB/s beside a plain file copy (bench/files.py)
-bench-files: install
+bench-files: $(VENV)/.installed-run
 	$(BIN)/python -m bench.files $(ARGS)
 
 clean:

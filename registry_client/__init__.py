@@ -1,7 +1,15 @@
 """Python client of the model registry: Registry, its Model/ModelVersion/Checkpoint objects and errors."""
 
-from .client import Registry
-from .errors import (
+import os
+
+# gRPC's core writes log lines of its own to stderr (e.g. one per failed TLS handshake, at INFO) unless
+# GRPC_VERBOSITY says otherwise, and reads it once, when grpc is first imported. ERROR is the level
+# gRPC documents as its default; the failures themselves reach the caller as exceptions. Set
+# GRPC_VERBOSITY (or import grpc first) to choose another level.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from .client import Registry  # noqa: E402 (after the environment above)
+from .errors import (  # noqa: E402
     AbortedError,
     AlreadyExistsError,
     DataLossError,
@@ -15,7 +23,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .objects import (
+from .objects import (  # noqa: E402
     AliasChange,
     Checkpoint,
     CheckpointState,

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import enum
+import importlib.metadata
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .client import Registry, default_target
-from .errors import RegistryError
+import grpc
+
+from .client import Registry
+from .connection import default_target
+from .errors import NotFoundError, RegistryError
 from .objects import (
     AliasChange,
     Checkpoint,
@@ -26,6 +31,7 @@ from .objects import (
 )
 
 # (heading, getter) per object type: `describe` shows them all, list tables the ones named below.
+Fields = Sequence[tuple[str, Callable[[Any], Any]]]
 MODEL_FIELDS: list[tuple[str, Callable[[Model], Any]]] = [
     ("Name", lambda m: m.name),
     ("Description", lambda m: m.description),
@@ -37,7 +43,7 @@ MODEL_FIELDS: list[tuple[str, Callable[[Model], Any]]] = [
     ("Created", lambda m: m.creation_time),
     ("Last updated", lambda m: m.last_updated_time),
     ("Versions", lambda m: m.num_versions),
-    ("Latest version", lambda m: m.latest_version),
+    ("Latest version", lambda m: m.latest_version or "none"),
 ]
 MODEL_COLUMNS = ["Name", "Description", "Labels", "Archived", "Versions", "Last updated"]
 
@@ -95,8 +101,15 @@ CHECKPOINT_FIELDS: list[tuple[str, Callable[[Checkpoint], Any]]] = [
 CHECKPOINT_COLUMNS = ["UUID", "Experiment", "Trial", "Batch", "State", "Metrics", "Reported"]
 
 
+def escape(text: str) -> str:
+    """text with every character that is not printable escaped as in Python (\\x1b, \\u202e, \\n): C0
+    and C1 controls, DEL, bidi and other format controls, line separators. Stored text comes from other
+    people, and an escape sequence printed raw could rewrite the terminal or disguise what it shows."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _text(value: Any) -> str:
-    """Render one value for a human: dicts as compact JSON, lists comma-separated, times in UTC."""
+    """Render one value for a human: dicts as compact JSON, lists comma-separated, times in UTC; escaped."""
     if value is None:
         return ""
     if isinstance(value, datetime.datetime):
@@ -104,10 +117,10 @@ def _text(value: Any) -> str:
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":")) if value else ""
+        return json.dumps(value, separators=(",", ":")) if value else ""  # ASCII: escapes everything else
     if isinstance(value, list):
-        return ", ".join(map(str, value))
-    return str(value)
+        return ", ".join(_text(item) for item in value)
+    return escape(str(value))
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> None:
@@ -120,12 +133,12 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = N
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
-def _print_list(objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]) -> None:
+def _print_list(objects: Sequence[Any], fields: Fields, columns: list[str]) -> None:
     getters = [dict(fields)[heading] for heading in columns]
     print_table([[get(o) for get in getters] for o in objects], columns)
 
 
-def _print_object(obj: Any, fields: list[tuple[str, Callable]]) -> None:
+def _print_object(obj: Any, fields: Fields) -> None:
     print_table([(f"{heading}:", get(obj)) for heading, get in fields])
 
 
@@ -133,7 +146,7 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
-def _show(args: argparse.Namespace, obj: Any, fields: list[tuple[str, Callable]]) -> None:
+def _show(args: argparse.Namespace, obj: Any, fields: Fields) -> None:
     if args.json:
         _print_json(obj.to_dict())
     else:
@@ -141,7 +154,7 @@ def _show(args: argparse.Namespace, obj: Any, fields: list[tuple[str, Callable]]
 
 
 def _show_list(
-    args: argparse.Namespace, objects: Sequence[Any], fields: list[tuple[str, Callable]], columns: list[str]
+    args: argparse.Namespace, objects: Sequence[Any], fields: Fields, columns: list[str]
 ) -> None:
     if args.json:
         _print_json([o.to_dict() for o in objects])
@@ -164,8 +177,8 @@ def model_create(r: Registry, args: argparse.Namespace) -> None:
 
 def model_list(r: Registry, args: argparse.Namespace) -> None:
     models = r.get_models(
-        sort_by=ModelSortBy[args.sort_by.upper()] if args.sort_by else None,
-        order_by=ModelOrderBy[args.order_by.upper()] if args.order_by else None,
+        sort_by=args.sort_by,
+        order_by=args.order_by,
         name=args.name,
         description=args.description,
         labels=args.label,
@@ -179,7 +192,7 @@ def model_describe(r: Registry, args: argparse.Namespace) -> None:
     model = r.get_model(args.name)
     version = model.get_version()
     if args.json:
-        _print_json({"model": model.to_dict(), "modelVersion": version.to_dict() if version else None})
+        _print_json({"model": model.to_dict(), "model_version": version.to_dict() if version else None})
         return
     _print_object(model, MODEL_FIELDS)
     print()
@@ -188,6 +201,41 @@ def model_describe(r: Registry, args: argparse.Namespace) -> None:
     else:
         print(f"Latest version ({version.version}):")
         _print_object(version, VERSION_FIELDS)
+
+
+def model_update(r: Registry, args: argparse.Namespace) -> None:
+    model = r.get_model(args.name).update(description=args.description, labels=_labels(args), notes=args.notes)
+    _show(args, model, MODEL_FIELDS)
+
+
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    """The labels an update sets: those of --label, none with --no-labels, else unchanged (None)."""
+    return [] if args.no_labels else args.label
+
+
+def model_version_describe(r: Registry, args: argparse.Namespace) -> None:
+    version = r.get_version(args.name, args.version, args.alias)
+    if version is None:
+        raise NotFoundError(grpc.StatusCode.NOT_FOUND, f"model {args.name} has no versions", "MODEL_VERSION_NOT_FOUND")
+    _show(args, version, VERSION_FIELDS)
+
+
+def _version(r: Registry, args: argparse.Namespace) -> ModelVersion:
+    version = r.get_version(args.name, args.version)
+    assert version is not None  # a version number was given: a missing one raised NotFoundError
+    return version
+
+
+def model_version_update(r: Registry, args: argparse.Namespace) -> None:
+    version = _version(r, args).update(
+        name=args.version_name, comment=args.comment, labels=_labels(args), metadata=args.metadata, notes=args.notes
+    )
+    _show(args, version, VERSION_FIELDS)
+
+
+def model_version_delete(r: Registry, args: argparse.Namespace) -> None:
+    _version(r, args).delete()
+    _done(args, f"Deleted version {args.version} of model {args.name}.")
 
 
 def model_register(r: Registry, args: argparse.Namespace) -> None:
@@ -211,16 +259,26 @@ def model_alias_history(r: Registry, args: argparse.Namespace) -> None:
     _show_list(args, changes, ALIAS_CHANGE_FIELDS, [heading for heading, _ in ALIAS_CHANGE_FIELDS])
 
 
+# Events are printed as they come, so their columns have fixed widths (the widest kind, a uuid...).
+EVENT_WIDTHS = [8, 25, max(len(k.name) for k in EventKind), 20, 7, 16, 36, 0]
+
+
 def registry_watch(r: Registry, args: argparse.Namespace) -> None:
-    """One line per event as it happens (JSON Lines with --json), until --limit events or Ctrl-C."""
-    events = r.watch(args.model, [EventKind[k.upper()] for k in args.kind], args.after, reconnect=not args.no_reconnect)
-    getters = [get for _, get in EVENT_FIELDS]
+    """One line per event as it happens (JSON Lines with --json), until --limit events, the end of the
+    history (--no-follow) or Ctrl-C."""
+    events = r.watch(args.model, args.kind, args.after, follow=not args.no_follow, reconnect=not args.no_reconnect)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, EVENT_WIDTHS)).rstrip()
+
+    if not args.json:
+        print(line([heading for heading, _ in EVENT_FIELDS]), flush=True)
     try:
         for count, event in enumerate(events, start=1):
             if args.json:
                 print(json.dumps(event.to_dict()), flush=True)
             else:
-                print("  ".join(_text(get(event)) for get in getters).rstrip(), flush=True)
+                print(line([_text(get(event)) for _, get in EVENT_FIELDS]), flush=True)
             if args.limit and count >= args.limit:
                 break
     except KeyboardInterrupt:
@@ -264,7 +322,7 @@ def model_labels(r: Registry, args: argparse.Namespace) -> None:
         _print_json(labels)
     else:
         for label in labels:
-            print(label)
+            print(escape(label))
 
 
 def _checkpoint_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -280,7 +338,7 @@ def _checkpoint_fields(args: argparse.Namespace) -> dict[str, Any]:
         framework=args.framework,
         format=args.format,
         metrics=args.metrics,
-        **({"state": CheckpointState[args.state.upper()]} if args.state else {}),
+        **({"state": args.state} if args.state else {}),
     )
 
 
@@ -411,6 +469,17 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def json_sizes(text: str) -> dict[str, int]:
     """argparse type: a JSON object mapping file paths to sizes in bytes."""
     value = json_object(text)
@@ -433,7 +502,7 @@ def _global_options() -> argparse.ArgumentParser:
                         "(default: $MODEL_REGISTRY_TARGET, else localhost:50051)")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON for scripts instead of tables")
-    parent.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+    parent.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS,
                         help="seconds to wait for each call (default: 30)")
     parent.add_argument("--token", default=argparse.SUPPRESS,
                         help="bearer token (default: $MODEL_REGISTRY_TOKEN; prefer it: arguments show in `ps`)")
@@ -461,16 +530,31 @@ def _add_checkpoint_field_options(p: argparse.ArgumentParser, state_help: str = 
                    choices=[s.name.lower() for s in CheckpointState if s != CheckpointState.UNSPECIFIED])
 
 
+def _add_label_options(p: argparse.ArgumentParser) -> None:
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--label", action="append", help="the new labels, replacing the old; repeatable")
+    labels.add_argument("--no-labels", action="store_true", help="remove every label")
+
+
+def _version_of_package() -> str:
+    """The installed package's version (pyproject.toml's, through the package metadata)."""
+    try:
+        return importlib.metadata.version("model-registry")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     common = _global_options()
     parser = argparse.ArgumentParser(
         prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version_of_package()}")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch,export,import}")
 
-    def command(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str
-                ) -> argparse.ArgumentParser:
+    def command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Callable[..., Any],
+                help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
@@ -496,8 +580,37 @@ def build_parser() -> argparse.ArgumentParser:
     archived.add_argument("--unarchived", dest="archived", action="store_const", const=False)
     p.add_argument("--owner", default="")
 
-    p = command(models, "describe", model_describe, "Show a model and its latest version.")
+    p = command(models, "describe", model_describe,
+                "Show a model and its latest version (another version: model version describe).")
     p.add_argument("name")
+
+    p = command(models, "update", model_update, "Replace a model's description, labels or notes (those given).")
+    p.add_argument("name")
+    p.add_argument("--description")
+    _add_label_options(p)
+    p.add_argument("--notes")
+
+    versions = models.add_parser("version", help="show, edit or delete one version of a model").add_subparsers(
+        dest="version_command", required=True
+    )
+    p = command(versions, "describe", model_version_describe,
+                "Show one version: VERSION, the one --alias points at, or the latest.")
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("version", nargs="?", type=int, help="version number (default: the latest)")
+    which.add_argument("--alias", help="the version this alias points at, e.g. production")
+    p = command(versions, "update", model_version_update,
+                "Replace a version's name, comment, labels, metadata or notes (those given).")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--name", dest="version_name", help="name of the version")
+    p.add_argument("--comment")
+    _add_label_options(p)
+    p.add_argument("--metadata", type=json_object, metavar="JSON", help="replaces the whole metadata")
+    p.add_argument("--notes")
+    p = command(versions, "delete", model_version_delete, "Delete a version (its number is never reused).")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
 
     p = command(models, "register", model_register, "Register a checkpoint as the model's next version.")
     p.add_argument("name")
@@ -591,6 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=int, default=0, metavar="SEQUENCE",
                    help="start after this event's sequence number (default 0: the whole history)")
     p.add_argument("--limit", type=int, default=0, help="stop after this many events (default: never)")
+    p.add_argument("--no-follow", action="store_true",
+                   help="stop at the end of the stored history instead of waiting for new events")
     p.add_argument("--no-reconnect", action="store_true", help="exit with an error when the stream is lost")
 
     for name, handler, help_text, file_help in [
@@ -623,16 +738,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(None, args)
         connection = {key: getattr(args, key) for key in CONNECTION_OPTIONS if hasattr(args, key)}
         with Registry(target, timeout=getattr(args, "timeout", 30.0), **connection) as registry:
+            registry.check_connection()  # one clear line at once when the server cannot be reached
             args.handler(registry, args)
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (RegistryError, OSError) as err:
+        print(f"error: {escape(str(err))}", file=sys.stderr)
         return 1
     except (TypeError, ValueError) as err:
         # e.g. a JSON value the protobuf Struct cannot hold, or a number out of range.
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {escape(str(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
+import math
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb, registry_service_pb2_grpc
+from modelregistry.v1 import registry_service_pb2 as pb, registry_service_pb2_grpc
 
-from .errors import RegistryError, UnavailableError, from_rpc_error
+from .connection import TOKEN_ENV, default_target, open_channel, unreachable, wait_for_connection, with_default_port
+from .errors import NotFoundError, RegistryError, UnavailableError, from_rpc_error
 from .transfer import Progress, UploadStream, local_files, receive_files
 from .objects import (
     Checkpoint,
@@ -31,53 +31,10 @@ from .objects import (
     ModelVersion,
     checkpoint_message,
     dict_to_struct,
+    request,
 )
 
-DEFAULT_TARGET = "localhost:50051"
-TARGET_ENV = "MODEL_REGISTRY_TARGET"
-TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
-
-_SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
-# Retrying is safe only where a repeated call cannot do something twice: reads, updates that set
-# absolute values, and the creates, because this client always sends them with a request_id (the
-# server answers a repeat with the first call's result). Delete* and RenameModel could fail on a
-# second attempt after a first one that took effect.
-_IDEMPOTENT_WRITES = {
-    "UpdateModel",
-    "UpdateModelMetadata",
-    "UpdateModelVersion",
-    "ArchiveModel",
-    "UnarchiveModel",
-    "SetModelAlias",
-    "CreateModel",
-    "CreateModelVersion",
-    "CreateCheckpoint",
-}
-_RETRYABLE_METHODS = sorted(
-    m.name for m in _SERVICE.methods if m.name.startswith(("Get", "List")) or m.name in _IDEMPOTENT_WRITES
-)
-SERVICE_CONFIG = json.dumps(
-    {
-        # Spread calls over every address the target resolves to (several replicas behind one DNS
-        # name, or "ipv4:host1:port,host2:port"), skipping those that are down.
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [{"service": _SERVICE.full_name, "method": m} for m in _RETRYABLE_METHODS],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    # CANCELLED by the server: a stopping server cuts calls it had not started
-                    # (or could not finish in its grace period); a repeat of these methods is safe.
-                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
-                },
-            }
-        ]
-    }
-)
-
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 # First and longest pause before a lost watch stream is resumed.
 _WATCH_BACKOFF_S = (0.1, 5.0)
@@ -86,15 +43,6 @@ _WATCH_BACKOFF_S = (0.1, 5.0)
 def _request_id(given: str | None) -> str:
     """The caller's request_id, or a new one: every create this client sends can be retried safely."""
     return given or str(uuidlib.uuid4())
-
-
-def default_target() -> str:
-    """The server address: $MODEL_REGISTRY_TARGET, else localhost:50051."""
-    return os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-
-
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
 
 
 class Registry:
@@ -115,45 +63,91 @@ class Registry:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
-        """Connect to target (host:port); a given channel is used as is, without the retry config.
+        """Connect to target (host:port; "localhost" alone means localhost:50051); a given channel is
+        used as is, without the retry config. `timeout` is every call's deadline, in seconds.
 
-        `token` (default $MODEL_REGISTRY_TOKEN) is sent as `authorization: Bearer TOKEN` with every call.
+        `token` (default $MODEL_REGISTRY_TOKEN) is sent as `authorization: Bearer TOKEN` with every call:
+        it is attached to the channel (call credentials on TLS, an interceptor otherwise, and on a given
+        channel), so that no call, stream or not, goes without it.
         TLS is used when `tls` is true or any of the PEM file paths is given: `tls_ca` the CA that signed
         the server's certificate (default: the system's roots), `tls_cert`/`tls_key` this client's
         certificate and key for a server that asks for one (mutual TLS)."""
-        self.target = target or default_target()
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout: expected a number of seconds, got {type(timeout).__name__} {timeout!r}")
+        if not (0 < timeout < math.inf):
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+        self.target = with_default_port(target) if target else default_target()
         self.timeout = timeout
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._tls = bool(tls or tls_ca or tls_cert or tls_key)
         self._owns_channel = channel is None
-        options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-        if channel is None and (tls or tls_ca or tls_cert or tls_key):
-            if bool(tls_cert) != bool(tls_key):
-                raise ValueError("tls_cert and tls_key go together")
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
-            )
-            channel = grpc.secure_channel(self.target, credentials, options=options)
-        self._channel = channel or grpc.insecure_channel(self.target, options=options)
+        self._channel = open_channel(
+            self.target,
+            token=token if token is not None else os.environ.get(TOKEN_ENV),
+            tls=self._tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            channel=channel,
+        )
         self._stub = registry_service_pb2_grpc.ModelRegistryServiceStub(self._channel)
 
-    def _call(self, rpc: str, request: Message) -> Any:
-        """Invoke one RPC with the default deadline, turning failures into RegistryError."""
-        try:
-            return getattr(self._stub, rpc)(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+    def _error(self, err: grpc.RpcError) -> RegistryError:
+        """The RegistryError of a failed call; a failure to connect says why, and what to do."""
+        error = from_rpc_error(err)
+        if isinstance(error, UnavailableError) and not error.reason:
+            explained = unreachable(self.target, self._tls, error.message)
+            if explained:
+                return UnavailableError(error.code, explained)
+        return error
 
-    def _list_all(self, rpc: str, request: Message, items_field: str, limit: int | None) -> list[Any]:
+    def _call(self, rpc: str, **fields: Any) -> Any:
+        """Invoke one RPC with the request of these fields and the default deadline, turning failures
+        into RegistryError (and fields of the wrong type into TypeError/ValueError naming them)."""
+        message = request(getattr(pb, f"{rpc}Request"), **fields)
+        try:
+            return getattr(self._stub, rpc)(message, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from err
+
+    def check_connection(self) -> None:
+        """Connect now, and raise UnavailableError saying why the registry cannot be reached (nothing
+        listening, an unknown host, TLS on one side only, an untrusted certificate) at the first failed
+        attempt, rather than after the retries of a call. The command line runs it before each command."""
+        state = wait_for_connection(self._channel, self.timeout)
+        if state == grpc.ChannelConnectivity.READY:
+            return
+        if state is None:
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the registry at {self.target}: no connection within {self.timeout:g} s "
+                "(is the address right? set --target or MODEL_REGISTRY_TARGET)",
+            )
+        # The channel has failed: one call that is never retried (health) fetches gRPC's reason.
+        check = self._channel.unary_unary(
+            HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            check(health_pb2.HealthCheckRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            error = self._error(err)
+            if isinstance(error, UnavailableError):
+                raise error from err
+        # Anything else came from a server that answered: connected after all.
+
+    def _list_all(self, rpc: str, items_field: str, limit: int | None, **fields: Any) -> list[Any]:
         """Collect items_field over every page of a list RPC, stopping early at limit."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit: expected a number of items (0 or more) or None, got {limit!r}")
         items: list[Any] = []
         while limit is None or len(items) < limit:
-            request.page_size = self.page_size if limit is None else min(self.page_size, limit - len(items))
-            response = self._call(rpc, request)
+            fields["page_size"] = self.page_size if limit is None else min(self.page_size, limit - len(items))
+            response = self._call(rpc, **fields)
             items.extend(getattr(response, items_field))
             if not response.next_page_token:
                 break
-            request.page_token = response.next_page_token
+            fields["page_token"] = response.next_page_token
         return items if limit is None else items[:limit]
 
     # Models
@@ -173,25 +167,23 @@ class Registry:
         arguments returns the model the first call created."""
         response = self._call(
             "CreateModel",
-            pb.CreateModelRequest(
-                name=name,
-                description=description,
-                metadata=dict_to_struct(metadata),
-                labels=list(labels or []),
-                notes=notes,
-                request_id=_request_id(request_id),
-            ),
+            name=name,
+            description=description,
+            metadata=dict_to_struct(metadata, "metadata"),
+            labels=labels,
+            notes=notes,
+            request_id=_request_id(request_id),
         )
         return Model.from_proto(response.model, self)
 
     def get_model(self, name: str) -> Model:
         """Return the model called name; NotFoundError when absent."""
-        return Model.from_proto(self._call("GetModel", pb.GetModelRequest(name=name)).model, self)
+        return Model.from_proto(self._call("GetModel", name=name).model, self)
 
     def get_models(
         self,
-        sort_by: ModelSortBy | None = None,
-        order_by: ModelOrderBy | None = None,
+        sort_by: ModelSortBy | str | None = None,
+        order_by: ModelOrderBy | str | None = None,
         name: str = "",
         description: str = "",
         labels: Iterable[str] | None = None,
@@ -199,26 +191,43 @@ class Registry:
         owner: str = "",
         limit: int | None = None,
     ) -> list[Model]:
-        """Return models matching every filter given (name/description: case-insensitive substrings)."""
-        request = pb.ListModelsRequest(
-            sort_by=sort_by or 0,
-            order_by=order_by or 0,
+        """Return models matching every filter given (name/description: case-insensitive substrings).
+        sort_by and order_by take the enums or their names in any case (e.g. "creation_time")."""
+        models = self._list_all(
+            "ListModels",
+            "models",
+            limit,
+            sort_by=ModelSortBy.coerce(sort_by, "sort_by") if sort_by is not None else None,
+            order_by=ModelOrderBy.coerce(order_by, "order_by") if order_by is not None else None,
             name=name,
             description=description,
-            labels=list(labels or []),
+            labels=labels,
+            archived=archived,
             owner=owner,
         )
-        if archived is not None:
-            request.archived = archived
-        return [Model.from_proto(m, self) for m in self._list_all("ListModels", request, "models", limit)]
+        return [Model.from_proto(m, self) for m in models]
+
+    def get_version(
+        self, model_name: str, version: int | None = None, alias: str | None = None
+    ) -> ModelVersion | None:
+        """Return a version of a model: number `version`, the one `alias` points at, or the latest when
+        neither is given (None if the model has no version yet; a missing model, version or alias raises
+        NotFoundError)."""
+        try:
+            response = self._call("GetModelVersion", model_name=model_name, version=version, alias=alias)
+        except NotFoundError as err:
+            if not version and not alias and err.reason == "MODEL_VERSION_NOT_FOUND":
+                return None
+            raise
+        return ModelVersion.from_proto(response.model_version, self)
 
     def delete_model(self, name: str) -> None:
         """Delete a model and all its versions; the checkpoints stay."""
-        self._call("DeleteModel", pb.DeleteModelRequest(name=name))
+        self._call("DeleteModel", name=name)
 
     def get_model_labels(self) -> list[str]:
         """Every label in use on models, most used first."""
-        return list(self._call("ListModelLabels", pb.ListModelLabelsRequest()).labels)
+        return list(self._call("ListModelLabels").labels)
 
     # Checkpoints
 
@@ -235,7 +244,7 @@ class Registry:
         framework: str = "",
         format: str = "",
         metrics: Mapping[str, Any] | None = None,
-        state: CheckpointState | None = None,
+        state: CheckpointState | str | None = None,
         storage_uri: str = "",
         report_time: datetime.datetime | None = None,
         request_id: str | None = None,
@@ -247,14 +256,12 @@ class Registry:
             uuid, experiment_id, trial_id, batch_number, experiment_config, hparams, resources, metadata,
             framework, format, metrics, state, storage_uri, report_time,
         )
-        response = self._call(
-            "CreateCheckpoint", pb.CreateCheckpointRequest(checkpoint=checkpoint, request_id=_request_id(request_id))
-        )
+        response = self._call("CreateCheckpoint", checkpoint=checkpoint, request_id=_request_id(request_id))
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
         """Return one checkpoint by uuid; NotFoundError when absent."""
-        response = self._call("GetCheckpoint", pb.GetCheckpointRequest(uuid=uuid))
+        response = self._call("GetCheckpoint", uuid=uuid)
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def get_checkpoints(
@@ -266,20 +273,48 @@ class Registry:
         limit: int | None = None,
     ) -> list[Checkpoint]:
         """Return checkpoints of an experiment/trial; with sort_by_metric, best first."""
-        request = pb.ListCheckpointsRequest(
-            sort_by_metric=sort_by_metric, smaller_is_better=smaller_is_better
+        checkpoints = self._list_all(
+            "ListCheckpoints",
+            "checkpoints",
+            limit,
+            experiment_id=experiment_id,
+            trial_id=trial_id,
+            sort_by_metric=sort_by_metric,
+            smaller_is_better=smaller_is_better,
         )
-        if experiment_id is not None:
-            request.experiment_id = experiment_id
-        if trial_id is not None:
-            request.trial_id = trial_id
-        protos = self._list_all("ListCheckpoints", request, "checkpoints", limit)
-        return [Checkpoint.from_proto(c, self) for c in protos]
+        return [Checkpoint.from_proto(c, self) for c in checkpoints]
+
+    def top_checkpoint(
+        self,
+        experiment_id: int | None = None,
+        *,
+        metric: str,
+        smaller_is_better: bool = False,
+        trial_id: int | None = None,
+    ) -> Checkpoint:
+        """The checkpoint with the best value of `metric` (of one experiment, or trial, when given): the
+        seed's get_experiment(id).top_checkpoint(). When no checkpoint reports a number for `metric`,
+        NotFoundError with reason METRIC_NOT_REPORTED, never an arbitrary checkpoint."""
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"metric: expected the name of a metric, e.g. 'loss', got {metric!r}")
+        found = self.get_checkpoints(experiment_id, trial_id, metric, smaller_is_better, limit=1)
+        value = found[0].metrics.get(metric) if found else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return found[0]
+        scope = {key: str(number) for key, number in [("experiment_id", experiment_id), ("trial_id", trial_id)]
+                 if number is not None}
+        where = "".join(f" of {key.removesuffix('_id')} {number}" for key, number in scope.items())
+        raise NotFoundError(
+            grpc.StatusCode.NOT_FOUND,
+            f"no checkpoint{where} reports the metric {metric!r} as a number",
+            "METRIC_NOT_REPORTED",
+            {"metric": metric, **scope},
+        )
 
     def delete_checkpoint(self, uuid: str) -> None:
         """Delete a checkpoint and its stored files; FailedPreconditionError (CHECKPOINT_IN_USE) while a
         version uses it."""
-        self._call("DeleteCheckpoint", pb.DeleteCheckpointRequest(uuid=uuid))
+        self._call("DeleteCheckpoint", uuid=uuid)
 
     # Registration and events
 
@@ -305,53 +340,67 @@ class Registry:
         the model; `aliases` (e.g. ["production"]) are pointed at the new version. request_id (a new
         UUID when None) makes the call safe to retry: it is retried on UNAVAILABLE, and a repeat with
         the same id returns the first call's version instead of registering another."""
-        request = pb.CreateModelVersionRequest(
+        if checkpoint is not None and not isinstance(checkpoint, Mapping):
+            raise TypeError(f"checkpoint: expected a dict of create_checkpoint's arguments, got {type(checkpoint).__name__}")
+        response = self._call(
+            "CreateModelVersion",
             model_name=model_name,
-            checkpoint_uuid=checkpoint_uuid or "",
+            checkpoint_uuid=checkpoint_uuid,
+            checkpoint=checkpoint_message(**checkpoint) if checkpoint is not None else None,
             name=name,
             comment=comment,
-            labels=list(labels or []),
-            metadata=dict_to_struct(metadata),
+            labels=labels,
+            metadata=dict_to_struct(metadata, "metadata"),
             notes=notes,
             create_model_if_missing=create_model_if_missing,
-            aliases=list(aliases),
+            aliases=aliases,
             request_id=_request_id(request_id),
         )
-        if checkpoint is not None:
-            request.checkpoint.CopyFrom(checkpoint_message(**checkpoint))
-        return ModelVersion.from_proto(self._call("CreateModelVersion", request).model_version, self)
+        return ModelVersion.from_proto(response.model_version, self)
 
     def watch(
         self,
         models: Iterable[str] | None = None,
-        kinds: Iterable[EventKind] | None = None,
+        kinds: Iterable[EventKind | str] | EventKind | str | None = None,
         after: int = 0,
         *,
+        follow: bool = True,
         reconnect: bool = True,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Yield the registry's events numbered after `after` (0: from the first), then new ones as
-        they happen, in order, forever. With `reconnect`, a stream lost to UNAVAILABLE (a server
-        stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate.
-        Stop by breaking out of the loop (the stream is cancelled)."""
-        request = pb.WatchEventsRequest(model_names=list(models or []), kinds=list(kinds or []))
+        they happen, in order, forever; with follow=False, stop at the end of the stored history instead.
+        With `reconnect`, a stream lost to UNAVAILABLE (a server stopping or unreachable) is resumed after
+        the last event yielded, with no gap or duplicate. Stop by breaking out of the loop (the stream
+        is cancelled)."""
+        kinds = [kinds] if isinstance(kinds, (str, EventKind)) else kinds
+        message = request(
+            pb.WatchEventsRequest,
+            model_names=models,
+            kinds=[EventKind.coerce(kind, "kinds") for kind in kinds or []],
+            after_sequence=after,
+            stop_at_end=not follow,
+        )
         backoff = _WATCH_BACKOFF_S[0]
         while True:
-            request.after_sequence = after
-            call = self._stub.WatchEvents(request)
+            message.after_sequence = after
+            call = self._stub.WatchEvents(message)
             try:
                 for response in call:
                     event = Event.from_proto(response.event)
                     after = event.sequence
                     backoff = _WATCH_BACKOFF_S[0]
                     yield event
+                if not follow:
+                    return  # the server says this was the end of the history
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
+                error = self._error(err)
                 if not (reconnect and isinstance(error, UnavailableError)):
                     raise error from err
             finally:
                 call.cancel()
             time.sleep(backoff)
             backoff = min(backoff * 2, _WATCH_BACKOFF_S[1])
+
     # Checkpoint files. Transfers have no deadline: a large checkpoint takes as long as it takes.
 
     def upload_checkpoint(
@@ -389,7 +438,7 @@ class Registry:
         except grpc.RpcError as err:
             if stream.error is not None:  # reading a local file failed: that, not CANCELLED, is the news
                 raise stream.error from None
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         return Checkpoint.from_proto(response.checkpoint, self)
 
     def download_checkpoint(
@@ -402,14 +451,14 @@ class Registry:
     ) -> Path:
         """Download the stored files of a checkpoint (or only those named in paths) into directory,
         checking every file's SHA-256; a file appears under its name only once it checked out."""
-        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        message = request(pb.DownloadCheckpointFilesRequest, checkpoint_uuid=uuid, paths=paths)
         sizes = self.get_checkpoint(uuid).resources
-        total = sum(sizes.get(p, 0) for p in paths) if paths else sum(sizes.values())
-        responses = self._stub.DownloadCheckpointFiles(pb.DownloadCheckpointFilesRequest(checkpoint_uuid=uuid, paths=paths))
+        total = sum(sizes.get(p, 0) for p in message.paths) if message.paths else sum(sizes.values())
+        responses = self._stub.DownloadCheckpointFiles(message)
         try:
             receive_files(responses, Path(directory), total, progress)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         finally:
             responses.cancel()  # a no-op once the stream has ended; stops it after a local failure
         return Path(directory)

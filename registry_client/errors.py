@@ -85,10 +85,11 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[RegistryError]] = {
 
 def _error_info(err: grpc.RpcError) -> tuple[str, dict[str, str]]:
     """Return the ErrorInfo reason and metadata carried by err, or ("", {}) when it has none."""
+    if not isinstance(err, grpc.Call):  # an error that is not a call carries no status details
+        return "", {}
     try:
         status = rpc_status.from_call(err)
-    except (ValueError, AttributeError):
-        # A status detail whose code disagrees with the call's, or an error that is not a call.
+    except ValueError:  # a status detail whose code disagrees with the call's
         return "", {}
     if status is None:
         return "", {}

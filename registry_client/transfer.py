@@ -3,9 +3,10 @@ every file is checked against its SHA-256, and a download only puts complete, ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +32,7 @@ def local_files(local_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     root = Path(local_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
-    files = []
+    files: list[tuple[str, Path]] = []
     for directory, subdirectories, names in os.walk(root):
         for name in subdirectories + names:
             path = Path(directory, name)
@@ -93,16 +94,39 @@ def _confined(directory: Path, path: str) -> Path:
     return target
 
 
+class _Directories:
+    """The directories a download creates, so that a failed download removes those it left empty (and
+    never one that was there before)."""
+
+    def __init__(self) -> None:
+        self.created: list[Path] = []
+
+    def make(self, directory: Path) -> None:
+        missing = []
+        while not directory.exists() and directory != directory.parent:
+            missing.append(directory)
+            directory = directory.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)
+            self.created.append(new)
+
+    def remove_empty(self) -> None:
+        for directory in reversed(self.created):
+            with contextlib.suppress(OSError):  # not empty (a file that checked out), or gone
+                directory.rmdir()
+
+
 class _IncomingFile:
     """One downloaded file: written beside its final name, renamed into place once size and digest match."""
 
-    def __init__(self, directory: Path, header: checkpoint_pb2.CheckpointFile) -> None:
+    def __init__(self, directory: Path, header: checkpoint_pb2.CheckpointFile, directories: _Directories) -> None:
         self.header = header
         self.target = _confined(directory, header.path)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.NamedTemporaryFile(
-            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".part", delete=False
-        )
+        directories.make(self.target.parent)
+        # os.open with 0o666, not tempfile (always 0o600): the file gets the mode of any file the user
+        # makes, the umask applied, and keeps it once renamed into place.
+        self.part = self.target.with_name(f".{self.target.name}.{secrets.token_hex(8)}.part")
+        self.file = os.fdopen(os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -122,19 +146,21 @@ class _IncomingFile:
                 "FILE_DIGEST_MISMATCH",
                 {"path": self.header.path},
             )
-        os.replace(self.file.name, self.target)
+        os.replace(self.part, self.target)
 
     def discard(self) -> None:
         self.file.close()
-        Path(self.file.name).unlink(missing_ok=True)
+        self.part.unlink(missing_ok=True)
 
 
 def receive_files(
     responses: Iterable[pb.DownloadCheckpointFilesResponse], directory: Path, total: int, progress: Progress | None
 ) -> list[str]:
-    """Writes the files of a download stream under directory; returns their paths."""
+    """Writes the files of a download stream under directory; returns their paths. Each file appears
+    only once it checked out; on failure, the directories this call created and left empty go too."""
     progress = progress or _no_progress
-    directory.mkdir(parents=True, exist_ok=True)
+    directories = _Directories()
+    directories.make(directory)
     received: list[str] = []
     current: _IncomingFile | None = None
     done = 0
@@ -145,7 +171,7 @@ def receive_files(
                 if current is not None:
                     current.finish()
                     received.append(current.header.path)
-                current = _IncomingFile(directory, message.file)
+                current = _IncomingFile(directory, message.file, directories)
             elif current is not None:
                 current.write(message.chunk)
                 done += len(message.chunk)
@@ -154,7 +180,9 @@ def receive_files(
             current.finish()
             received.append(current.header.path)
             current = None
-    finally:
+    except BaseException:
         if current is not None:
             current.discard()
+        directories.remove_empty()
+        raise
     return received

@@ -460,6 +460,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
                     yield pb.WatchEventsResponse(event=convert.event(row))
                 after = next_after
                 if len(rows) < WATCH_BATCH:
+                    if request.stop_at_end:
+                        return  # caught up with what is stored (the finally releases the slot)
                     with self._changed:
                         self._changed.wait_for(lambda: self._generation != generation, self.watch_poll_interval)
             if self._stopping.is_set():

@@ -82,7 +82,7 @@ def test_model_create_list_describe(cli, cli_json) -> None:
     assert "a character recognition model" in out
     assert "Model mnist_cnn has no versions." in out
     described = cli_json("model", "describe", "mnist_cnn")
-    assert described["model"]["name"] == "mnist_cnn" and described["modelVersion"] is None
+    assert described["model"]["name"] == "mnist_cnn" and described["model_version"] is None
 
 
 def test_model_register_and_list_versions(cli, cli_json) -> None:
@@ -109,8 +109,8 @@ def test_model_register_and_list_versions(cli, cli_json) -> None:
     status, out, _ = cli("model", "describe", "mnist_cnn")
     assert status == 0 and "Latest version (2):" in out and checkpoint_uuid in out
     described = cli_json("model", "describe", "mnist_cnn")
-    assert described["modelVersion"]["version"] == 2
-    assert described["model"]["numVersions"] == 2
+    assert described["model_version"]["version"] == 2
+    assert described["model"]["num_versions"] == 2
 
 
 def test_model_metadata_archive_rename_labels_delete(cli, cli_json) -> None:
@@ -154,16 +154,16 @@ def test_checkpoint_commands(cli, cli_json) -> None:
         "--storage-uri", "s3://bucket/x", "--state", "completed",
     )
     assert created["uuid"] == checkpoint_uuid
-    assert (created["experimentId"], created["trialId"], created["batchNumber"]) == (3, 4, 100)
+    assert (created["experiment_id"], created["trial_id"], created["batch_number"]) == (3, 4, 100)
     assert created["metrics"] == {"loss": 0.5} and created["hparams"] == {"lr": 0.01}
     assert created["experiment_config"] == {"searcher": {"name": "single"}}
     assert created["resources"] == {"model.pt": 2048}
-    assert created["state"] == "CHECKPOINT_STATE_COMPLETED" and created["storageUri"] == "s3://bucket/x"
+    assert created["state"] == "COMPLETED" and created["storage_uri"] == "s3://bucket/x"
     better = _new_checkpoint(cli_json, experiment_id="3", metrics='{"loss": 0.1}', state="ACTIVE")
 
     status, out, _ = cli("checkpoint", "describe", checkpoint_uuid)
     assert status == 0 and "torch-2.3" in out and "s3://bucket/x" in out
-    assert cli_json("checkpoint", "describe", better)["state"] == "CHECKPOINT_STATE_ACTIVE"
+    assert cli_json("checkpoint", "describe", better)["state"] == "ACTIVE"
 
     status, out, _ = cli("checkpoint", "list", "--experiment-id", "3", "--sort-by-metric", "loss",
                          "--smaller-is-better")
@@ -283,5 +283,98 @@ def test_watch_prints_events_as_json_lines(cli, cli_json) -> None:
     )
     status, out, _ = cli("watch", "--after", "1", "--limit", "2")
     assert status == 0
-    rows = [line.split() for line in out.splitlines()]
+    rows = [line.split() for line in out.splitlines()[1:]]  # under the header
     assert [(row[0], row[2], row[3:4]) for row in rows] == [("2", "MODEL_CREATED", ["b"]), ("3", "CHECKPOINT_CREATED", [uuid])]
+
+
+def test_model_version_describe_update_delete(cli, cli_json) -> None:
+    cli_json("model", "create", "m")
+    uuid = _new_checkpoint(cli_json)
+    cli_json("model", "register", "m", uuid, "--alias", "production")
+    cli_json("model", "register", "m", uuid)
+
+    assert cli_json("model", "version", "describe", "m")["version"] == 2  # the latest
+    assert cli_json("model", "version", "describe", "m", "1")["aliases"] == ["production"]
+    shown = cli_json("model", "version", "describe", "m", "--alias", "production")
+    assert (shown["version"], shown["model_name"], shown["checkpoint"]["uuid"]) == (1, "m", uuid)
+    status, out, _ = cli("model", "version", "describe", "m", "1")
+    assert status == 0 and ["Version:", "1"] in [line.split() for line in out.splitlines()]
+    status, _, err = cli("model", "version", "describe", "m", "7")
+    assert status == 1 and err.startswith("error: NOT_FOUND MODEL_VERSION_NOT_FOUND: ")
+    assert cli("model", "version", "describe", "m", "1", "--alias", "production")[0] == 2
+
+    updated = cli_json("model", "version", "update", "m", "1", "--name", "first", "--comment", "c",
+                       "--label", "a", "--label", "b", "--metadata", '{"epochs": 10}', "--notes", "n")
+    assert (updated["name"], updated["comment"], updated["labels"], updated["metadata"], updated["notes"]) == (
+        "first", "c", ["a", "b"], {"epochs": 10}, "n"
+    )
+    cleared = cli_json("model", "version", "update", "m", "1", "--no-labels", "--metadata", "{}")
+    assert (cleared["labels"], cleared["metadata"], cleared["name"]) == ([], {}, "first")  # the rest stays
+    status, _, err = cli("model", "version", "update", "m", "1")
+    assert status == 2 and "nothing to update" in err
+    assert cli("model", "version", "update", "m", "1", "--label", "x", "--no-labels")[0] == 2
+
+    status, out, _ = cli("model", "version", "delete", "m", "2")
+    assert (status, out) == (0, "Deleted version 2 of model m.\n")
+    assert cli_json("model", "version", "describe", "m")["version"] == 1
+    status, _, err = cli("model", "version", "delete", "m", "1")  # production points at it
+    assert status == 1 and "VERSION_HAS_ALIASES" in err
+
+
+def test_model_update_and_a_model_without_versions(cli, cli_json) -> None:
+    cli_json("model", "create", "m", "--label", "old", "--description", "d0")
+    status, out, _ = cli("model", "describe", "m")
+    assert status == 0 and ["Latest", "version:", "none"] in [line.split() for line in out.splitlines()]
+    status, _, err = cli("model", "version", "describe", "m")
+    assert status == 1 and "model m has no versions" in err
+
+    updated = cli_json("model", "update", "m", "--description", "d1", "--label", "a", "--notes", "n")
+    assert (updated["description"], updated["labels"], updated["notes"]) == ("d1", ["a"], "n")
+    assert cli_json("model", "update", "m", "--no-labels")["labels"] == []
+    assert cli_json("model", "describe", "m")["model"]["description"] == "d1"
+    status, _, err = cli("model", "update", "m")
+    assert status == 2 and "nothing to update" in err
+
+
+HOSTILE = "ok\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f\u202etxt.exe\u2028\n\tend"
+
+
+def test_tables_escape_control_characters_of_stored_text(cli, cli_json) -> None:
+    cli_json("model", "create", "m", "--description", HOSTILE, "--notes", HOSTILE)
+    uuid = _new_checkpoint(cli_json, framework=HOSTILE)
+    cli_json("model", "register", "m", uuid, "--comment", HOSTILE, "--metadata", json.dumps({HOSTILE: HOSTILE}))
+    outputs = [cli(*argv)[1] for argv in [
+        ("model", "list"), ("model", "describe", "m"), ("model", "list-versions", "m"),
+        ("model", "version", "describe", "m"), ("checkpoint", "describe", uuid), ("checkpoint", "list"),
+    ]]
+    for out in outputs:
+        assert not any(c in out for c in "\x1b\x07\x9b\x7f\u202e\u2028\t"), out
+    for out in outputs[:-1]:  # (checkpoint list shows no text field)
+        assert "ok\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f\\u202etxt.exe\\u2028\\n\\tend" in out, out
+    assert cli_json("model", "describe", "m")["model"]["description"] == HOSTILE  # JSON keeps the text exact
+
+
+def test_watch_no_follow_stops_at_the_end_with_a_header(cli, cli_json) -> None:
+    cli_json("model", "create", "a")
+    cli_json("model", "create", "b")
+    status, out, err = cli("watch", "--no-follow", "--limit", "10")  # fewer than 10 events: ends anyway
+    assert (status, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split() == ["Sequence", "Time", "Kind", "Model", "Version", "Alias", "Checkpoint", "Principal"]
+    assert [(row.split()[0], row.split()[2], row.split()[3]) for row in rows] == [
+        ("1", "MODEL_CREATED", "a"), ("2", "MODEL_CREATED", "b")
+    ]
+    assert rows[1].index("MODEL_CREATED") == header.index("Kind")  # columns line up under the header
+    status, out, _ = cli("watch", "--no-follow", "--json", "--kind", "MODEL_CREATED", "--after", "1")
+    assert status == 0 and [json.loads(line)["model_name"] for line in out.splitlines()] == ["b"]
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert importlib.metadata.version("model-registry") == declared
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"model-registry {declared}\n"

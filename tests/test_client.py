@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import socket
 import uuid
 
@@ -13,6 +14,7 @@ from registry_client import (
     AlreadyExistsError,
     Checkpoint,
     CheckpointState,
+    EventKind,
     FailedPreconditionError,
     InvalidArgumentError,
     Model,
@@ -289,11 +291,14 @@ def test_checkpoint_fields_round_trip(registry: Registry) -> None:
         assert got.state is CheckpointState.COMPLETED
         assert got.report_time == reported
 
-    as_json = fetched.to_dict()
-    assert as_json["uuid"] == checkpoint_uuid
-    assert as_json["experimentId"] == 7 and as_json["batchNumber"] == 1200
-    assert as_json["experiment_config"]["searcher"]["name"] == "single"
-    assert as_json["state"] == "CHECKPOINT_STATE_COMPLETED"
+    # Python-side dicts: the attribute names (snake_case), enums by name, times in ISO 8601.
+    as_dict = fetched.to_dict()
+    assert as_dict["uuid"] == checkpoint_uuid
+    assert as_dict["experiment_id"] == 7 and as_dict["batch_number"] == 1200
+    assert as_dict["experiment_config"]["searcher"]["name"] == "single"
+    assert as_dict["state"] == "COMPLETED"
+    assert as_dict["report_time"] == "2024-05-01T12:30:00+00:00"
+    assert json.loads(json.dumps(as_dict)) == as_dict
 
     with pytest.raises(AlreadyExistsError) as caught:
         registry.create_checkpoint(uuid=checkpoint_uuid)
@@ -371,3 +376,152 @@ def test_target_defaults_to_environment(monkeypatch: pytest.MonkeyPatch) -> None
         assert r.target == "localhost:50051"
     with Registry("elsewhere:1") as r:
         assert r.target == "elsewhere:1"
+
+
+def _snake_case(keys: object) -> bool:
+    return all(key == key.lower() for key in keys)  # type: ignore[attr-defined]
+
+
+def test_to_dict_keys_are_the_attribute_names_everywhere(registry: Registry) -> None:
+    model = registry.create_model("m", metadata={"camelKey": 1})
+    checkpoint = _checkpoint(registry, metrics={"loss": 0.5})
+    version = model.register_version(checkpoint.uuid, aliases=["production"])
+    model.reload()
+    change = model.get_alias_history()[0]
+    event = next(registry.watch(kinds=[EventKind.ALIAS_SET]))
+    for obj in (model, version, checkpoint, change, event):
+        as_dict = obj.to_dict()
+        public = {name for name in vars(obj) if not name.startswith("_")}
+        assert set(as_dict) == public, type(obj).__name__
+        assert json.loads(json.dumps(as_dict)) == as_dict
+    assert model.to_dict()["metadata"] == {"camelKey": 1}  # user keys stay as they are
+    assert model.to_dict()["num_versions"] == 1 and model.to_dict()["latest_version"] == 1
+    assert version.to_dict()["checkpoint"] == checkpoint.to_dict()
+    assert version.to_dict()["model_name"] == "m" and version.to_dict()["aliases"] == ["production"]
+    assert change.to_dict()["previous_version"] == 0
+    assert event.to_dict()["kind"] == "ALIAS_SET" and event.to_dict()["model_name"] == "m"
+    assert _snake_case(version.to_dict()) and _snake_case(version.to_dict()["checkpoint"])
+
+
+def test_the_wire_speaks_proto3_json() -> None:
+    from google.protobuf import json_format
+    from modelregistry.v1 import checkpoint_pb2
+
+    message = checkpoint_pb2.Checkpoint(experiment_id=1)
+    message.experiment_config.update({"searcher": "single"})
+    assert set(json_format.MessageToDict(message)) == {"experimentId", "experimentConfig"}
+    for spelling in ("experimentConfig", "experiment_config"):  # proto3 JSON parsers accept both on input
+        parsed = json_format.Parse(f'{{"{spelling}": {{"searcher": "single"}}}}', checkpoint_pb2.Checkpoint())
+        assert parsed.experiment_config == message.experiment_config
+
+
+def test_enums_are_taken_by_member_name_or_number(registry: Registry) -> None:
+    for name in ("b", "a", "c"):
+        registry.create_model(name)
+    names = lambda models: [m.name for m in models]  # noqa: E731
+    assert names(registry.get_models(sort_by="name")) == ["a", "b", "c"]
+    assert names(registry.get_models(sort_by="NAME", order_by="Desc")) == ["c", "b", "a"]
+    assert names(registry.get_models(sort_by="MODEL_SORT_BY_NAME", order_by=ModelOrderBy.DESC)) == ["c", "b", "a"]
+    assert names(registry.get_models(sort_by=ModelSortBy.CREATION_TIME, order_by="asc")) == ["b", "a", "c"]
+    assert names(registry.get_models(sort_by=int(ModelSortBy.NAME))) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"sort_by: 'colour' is not a ModelSortBy; expected one of name, "):
+        registry.get_models(sort_by="colour")
+    with pytest.raises(ValueError, match="order_by: 7 is not a ModelOrderBy"):
+        registry.get_models(order_by=7)  # type: ignore[arg-type]
+    checkpoint = registry.create_checkpoint(state="active")
+    assert checkpoint.state is CheckpointState.ACTIVE
+    with pytest.raises(ValueError, match="state: 'done' is not a CheckpointState"):
+        registry.create_checkpoint(state="done")
+    assert next(registry.watch(kinds="checkpoint_created")).checkpoint_uuid == checkpoint.uuid
+
+
+def test_the_client_enums_mirror_the_generated_ones() -> None:
+    from modelregistry.v1 import event_pb2, model_pb2
+    from registry_client.objects import _Choice, _mirrors
+
+    assert {f"EVENT_KIND_{k.name}" for k in EventKind} == set(event_pb2.EventKind.keys()) - {"EVENT_KIND_UNSPECIFIED"}
+    with pytest.raises(ImportError, match="ORDER_BY_DESC"):
+
+        @_mirrors(model_pb2.OrderBy, "ORDER_BY_")
+        class Partial(_Choice):
+            ASC = model_pb2.ORDER_BY_ASC
+
+
+def test_bad_arguments_are_typed_errors_naming_the_argument_and_key(registry: Registry) -> None:
+    model = registry.create_model("m")
+    with pytest.raises(TypeError, match=r"metadata\['a'\]\['b'\]: set \{1\} is not a JSON value"):
+        registry.create_model("n", metadata={"a": {"b": {1}}})
+    with pytest.raises(TypeError, match=r"hparams\['layers'\]\[1\]: object"):
+        registry.create_checkpoint(hparams={"layers": [1, object()]})
+    with pytest.raises(TypeError, match="metadata: keys must be strings, got int 1"):
+        model.add_metadata({1: "x"})
+    with pytest.raises(ValueError, match=r"metrics\['steps'\]: 9007199254740993 is beyond 2\*\*53"):
+        registry.create_checkpoint(metrics={"steps": 2**53 + 1})
+    with pytest.raises(ValueError, match=r"metadata\['x'\]: nan is not a JSON number"):
+        model.add_metadata({"x": float("nan")})
+    assert registry.create_checkpoint(metrics={"steps": 2**53}).metrics == {"steps": 2**53}
+    assert [m.name for m in registry.get_models()] == ["m"]  # nothing refused reached the server
+    assert len(registry.get_checkpoints()) == 1
+
+    with pytest.raises(TypeError, match="version: expected int, got str '1'"):
+        model.get_version("1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="experiment_id: expected int, got str '7'"):
+        registry.create_checkpoint(experiment_id="7")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="experiment_id: 1099511627776 is out of range"):
+        registry.create_checkpoint(experiment_id=2**40)
+    with pytest.raises(TypeError, match="name: expected str, got int 5"):
+        registry.create_model(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="labels: expected a list of str, got list"):
+        registry.create_model("n", labels=[1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="limit"):
+        registry.get_models(limit=-1)
+    assert registry.create_model("labelled", labels="vision").labels == ["vision"]  # one label, not six
+
+
+def test_the_seeds_get_version_load_and_download(registry: Registry, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    files = tmp_path / "trained"
+    files.mkdir()
+    (files / "model.pkl").write_bytes(pickle.dumps({"weights": [0.5, 0.25]}))
+    checkpoint = registry.upload_checkpoint(files, experiment_id=1, format="pkl")
+    model = registry.create_model("mnist_cnn")
+    model.register_version(checkpoint.uuid)
+    monkeypatch.chdir(tmp_path)
+
+    latest_version = model.get_version()
+    assert latest_version.load() == {"weights": [0.5, 0.25]}  # the seed's line
+    assert (tmp_path / "checkpoints" / checkpoint.uuid / "model.pkl").exists()
+    assert model.get_version(1).download(tmp_path / "here") == tmp_path / "here"
+    assert (tmp_path / "here" / "model.pkl").read_bytes() == (files / "model.pkl").read_bytes()
+
+
+def test_top_checkpoint_is_the_best_reporting_the_metric_or_an_error(registry: Registry) -> None:
+    for trial, loss in enumerate([0.5, 0.1, 0.3], start=1):
+        _checkpoint(registry, experiment_id=1, trial_id=trial, metrics={"loss": loss, "acc": 1 - loss})
+    _checkpoint(registry, experiment_id=1, trial_id=9, metrics={"loss": "n/a"})  # not a number: never the top
+    _checkpoint(registry, experiment_id=2, metrics={"acc": 0.9})
+
+    best = registry.top_checkpoint(experiment_id=1, metric="loss", smaller_is_better=True)
+    assert (best.trial_id, best.metrics["loss"]) == (2, 0.1)
+    assert registry.top_checkpoint(experiment_id=1, metric="loss").trial_id == 1  # larger is better by default
+    assert registry.top_checkpoint(metric="acc").metrics["acc"] == 0.9  # over every experiment
+    for experiment, metric in [(2, "loss"), (3, "loss"), (1, "f1")]:
+        with pytest.raises(NotFoundError) as caught:
+            registry.top_checkpoint(experiment_id=experiment, metric=metric)
+        assert caught.value.reason == "METRIC_NOT_REPORTED"
+        assert f"reports the metric {metric!r}" in caught.value.message
+
+
+def test_watch_without_follow_ends_at_the_end_of_history(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry_server import servicer
+
+    monkeypatch.setattr(servicer, "WATCH_BATCH", 2)  # several reads before the end
+    for name in "abcde":
+        registry.create_model(name)
+    registry.create_checkpoint()
+    assert [e.sequence for e in registry.watch(follow=False)] == [1, 2, 3, 4, 5, 6]
+    assert [e.model_name for e in registry.watch(after=2, follow=False)] == ["c", "d", "e", ""]
+    assert [e.model_name for e in registry.watch(models=["d", "b"], follow=False)] == ["b", "d"]
+    assert list(registry.watch(kinds=["alias_set"], follow=False)) == []
+    assert list(registry.watch(after=6, follow=False)) == []

@@ -445,7 +445,7 @@ def test_cli_upload_and_download_are_quiet_off_a_terminal(
     out, err = capsys.readouterr()
     assert (status, err) == (0, "")
     uploaded = json.loads(out)
-    assert uploaded["trialId"] == 3 and uploaded["state"] == "CHECKPOINT_STATE_COMPLETED"
+    assert uploaded["trial_id"] == 3 and uploaded["state"] == "COMPLETED"
     assert {k: int(v) for k, v in uploaded["resources"].items()} == {name: len(data) for name, data in files.items()}
 
     status = main(["--target", registry_target, "checkpoint", "download", uploaded["uuid"], str(tmp_path / "out")])

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelregistry.v1 import options_pb2 as modelregistry_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!modelregistry/v1/checkpoint.proto\x12\x10modelregistry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emodelregistry/v1/options.proto\"\xc2\x04\n\nCheckpoint\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\x05\x12\x10\n\x08trial_id\x18\x03 \x01(\x05\x12\x14\n\x0c\x62\x61tch_number\x18\x04 \x01(\x05\x12\x45\n\x11\x65xperiment_config\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x11\x65xperiment_config\x12(\n\x07hparams\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x45\n\tresources\x18\x07 \x03(\x0b\x32+.modelregistry.v1.Checkpoint.ResourcesEntryB\x05\xa8\xbb\x18\x90N\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tframework\x18\t \x01(\t\x12\x0e\n\x06\x66ormat\x18\n \x01(\t\x12(\n\x07metrics\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x05state\x18\x0c \x01(\x0e\x32!.modelregistry.v1.CheckpointState\x12\x13\n\x0bstorage_uri\x18\r \x01(\t\x12/\n\x0breport_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0f \x01(\t\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"<\n\x0e\x43heckpointFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t*\xd2\x01\n\x0f\x43heckpointState\x12 \n\x1c\x43HECKPOINT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HECKPOINT_STATE_ACTIVE\x10\x01\x12\x1e\n\x1a\x43HECKPOINT_STATE_COMPLETED\x10\x02\x12\x1a\n\x16\x43HECKPOINT_STATE_ERROR\x10\x03\x12\x1c\n\x18\x43HECKPOINT_STATE_DELETED\x10\x04\x12&\n\"CHECKPOINT_STATE_PARTIALLY_DELETED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!modelregistry/v1/checkpoint.proto\x12\x10modelregistry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emodelregistry/v1/options.proto\"\xaf\x04\n\nCheckpoint\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\x05\x12\x10\n\x08trial_id\x18\x03 \x01(\x05\x12\x14\n\x0c\x62\x61tch_number\x18\x04 \x01(\x05\x12\x32\n\x11\x65xperiment_config\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07hparams\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x45\n\tresources\x18\x07 \x03(\x0b\x32+.modelregistry.v1.Checkpoint.ResourcesEntryB\x05\xa8\xbb\x18\x90N\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tframework\x18\t \x01(\t\x12\x0e\n\x06\x66ormat\x18\n \x01(\t\x12(\n\x07metrics\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x05state\x18\x0c \x01(\x0e\x32!.modelregistry.v1.CheckpointState\x12\x13\n\x0bstorage_uri\x18\r \x01(\t\x12/\n\x0breport_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0f \x01(\t\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"<\n\x0e\x43heckpointFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t*\xd2\x01\n\x0f\x43heckpointState\x12 \n\x1c\x43HECKPOINT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HECKPOINT_STATE_ACTIVE\x10\x01\x12\x1e\n\x1a\x43HECKPOINT_STATE_COMPLETED\x10\x02\x12\x1a\n\x16\x43HECKPOINT_STATE_ERROR\x10\x03\x12\x1c\n\x18\x43HECKPOINT_STATE_DELETED\x10\x04\x12&\n\"CHECKPOINT_STATE_PARTIALLY_DELETED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINT_RESOURCESENTRY']._serialized_options = b'8\001'
   _globals['_CHECKPOINT'].fields_by_name['resources']._loaded_options = None
   _globals['_CHECKPOINT'].fields_by_name['resources']._serialized_options = b'\250\273\030\220N'
-  _globals['_CHECKPOINTSTATE']._serialized_start=794
-  _globals['_CHECKPOINTSTATE']._serialized_end=1004
+  _globals['_CHECKPOINTSTATE']._serialized_start=775
+  _globals['_CHECKPOINTSTATE']._serialized_end=985
   _globals['_CHECKPOINT']._serialized_start=151
-  _globals['_CHECKPOINT']._serialized_end=729
-  _globals['_CHECKPOINT_RESOURCESENTRY']._serialized_start=681
-  _globals['_CHECKPOINT_RESOURCESENTRY']._serialized_end=729
-  _globals['_CHECKPOINTFILE']._serialized_start=731
-  _globals['_CHECKPOINTFILE']._serialized_end=791
+  _globals['_CHECKPOINT']._serialized_end=710
+  _globals['_CHECKPOINT_RESOURCESENTRY']._serialized_start=662
+  _globals['_CHECKPOINT_RESOURCESENTRY']._serialized_end=710
+  _globals['_CHECKPOINTFILE']._serialized_start=712
+  _globals['_CHECKPOINTFILE']._serialized_end=772
 # @@protoc_insertion_point(module_scope)

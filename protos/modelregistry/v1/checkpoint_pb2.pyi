@@ -122,7 +122,9 @@ class Checkpoint(_message.Message):
     """
     @_builtins.property
     def experiment_config(self) -> _struct_pb2.Struct:
-        """Configuration of the experiment, as free-form JSON. Its JSON name keeps the seed's spelling."""
+        """Configuration of the experiment, as free-form JSON. Its JSON name is experimentConfig, as for every
+        field (proto3 JSON); parsers accept the seed's spelling, experiment_config, on input too.
+        """
 
     @_builtins.property
     def hparams(self) -> _struct_pb2.Struct:

@@ -1296,9 +1296,15 @@ class WatchEventsRequest(_message.Message):
     MODEL_NAMES_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    STOP_AT_END_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Stream the events numbered after this one: 0 replays the whole stored history; the sequence of
     the last event received resumes a stream without gap or duplicate.
+    """
+    stop_at_end: _builtins.bool
+    """End the stream (with OK) once it has caught up, when a read finds no further stored event that
+    matches, instead of waiting for new events. Events committed during the call may or may not be
+    sent; resume after the last sequence received to see them.
     """
     @_builtins.property
     def model_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1316,10 +1322,11 @@ class WatchEventsRequest(_message.Message):
         model_names: _abc.Iterable[_builtins.str] | None = ...,
         kinds: _abc.Iterable[_event_pb2.EventKind.ValueType] | None = ...,
         after_sequence: _builtins.int = ...,
+        stop_at_end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "kinds", b"kinds", "model_names", b"model_names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "kinds", b"kinds", "model_names", b"model_names", "stop_at_end", b"stop_at_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -331,8 +331,8 @@ class ModelRegistryServiceServicer:
     def WatchEvents(self, request, context):
         """Streams the registry's events: first those stored after after_sequence, then new ones as they are
         committed (through any replica on the same database), in sequence order with no gap and no
-        duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
-        sequence received.
+        duplicate (with stop_at_end, only the stored ones). Ends with UNAVAILABLE (SERVER_STOPPING) when
+        the server stops: resume after the last sequence received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -91,8 +91,8 @@ class ModelRegistryServiceStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.WatchEventsRequest, _registry_service_pb2.WatchEventsResponse]
     """Streams the registry's events: first those stored after after_sequence, then new ones as they are
     committed (through any replica on the same database), in sequence order with no gap and no
-    duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
-    sequence received.
+    duplicate (with stop_at_end, only the stored ones). Ends with UNAVAILABLE (SERVER_STOPPING) when
+    the server stops: resume after the last sequence received.
     """
     UploadCheckpointFiles: _grpc.StreamUnaryMultiCallable[_registry_service_pb2.UploadCheckpointFilesRequest, _registry_service_pb2.UploadCheckpointFilesResponse]
     """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
@@ -171,8 +171,8 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_registry_service_pb2.WatchEventsRequest, _registry_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams the registry's events: first those stored after after_sequence, then new ones as they are
     committed (through any replica on the same database), in sequence order with no gap and no
-    duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
-    sequence received.
+    duplicate (with stop_at_end, only the stored ones). Ends with UNAVAILABLE (SERVER_STOPPING) when
+    the server stops: resume after the last sequence received.
     """
     UploadCheckpointFiles: _aio.StreamUnaryMultiCallable[_registry_service_pb2.UploadCheckpointFilesRequest, _registry_service_pb2.UploadCheckpointFilesResponse]  # type: ignore[assignment]
     """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
@@ -386,8 +386,8 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_registry_service_pb2.WatchEventsResponse]]:
         """Streams the registry's events: first those stored after after_sequence, then new ones as they are
         committed (through any replica on the same database), in sequence order with no gap and no
-        duplicate. Ends with UNAVAILABLE (SERVER_STOPPING) when the server stops: resume after the last
-        sequence received.
+        duplicate (with stop_at_end, only the stored ones). Ends with UNAVAILABLE (SERVER_STOPPING) when
+        the server stops: resume after the last sequence received.
         """
 
     @_abc_1.abstractmethod
