@@ -1,62 +1,130 @@
-"""Opaque page tokens for keyset paging: the last row's sort key, bound to the query that made it."""
+"""Keyset paging: one page of rows (the database pages, never Python), and opaque page tokens that
+name the position after a row, bound to the query that made them and signed with the database's key.
+
+A token is `base64url(JSON payload) "." base64url(HMAC-SHA256(key, payload))`: a token that is not one
+this registry handed out (forged, edited, of another database, truncated, or holding anything at
+all) fails the signature check before its payload is even parsed, and is INVALID_PAGE_TOKEN."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import json
-from typing import Any, Generic, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import peewee as pw
 
 from .errors import invalid
 
 T = TypeVar("T")
 
 MAX_TOKEN_LENGTH = 2048
+_MAC_BYTES = 16
 
 
-class Page(Generic[T]):
-    """One page of rows, the token of the next page ("" on the last) and the count over all pages."""
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
-    def __init__(self, rows: Sequence[T], next_page_token: str, total_size: int) -> None:
-        self.rows = rows
-        self.next_page_token = next_page_token
-        self.total_size = total_size
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _fingerprint(query: Any) -> str:
     return hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode(query: Any, after: list[Any]) -> str:
-    """A token naming the position after `after` in the results of `query`."""
-    payload = json.dumps({"q": _fingerprint(query), "a": after}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+def _refused() -> Exception:
+    return invalid("INVALID_PAGE_TOKEN", "page_token is not one this registry handed out")
 
 
-def decode(token: str, query: Any, types: Sequence[type | tuple[type, ...]]) -> list[Any] | None:
-    """The position a token names, or None for the first page; refuses tokens of another query.
+class PageTokens:
+    """Makes and reads the page tokens of one database, signed with its key."""
 
-    `types` gives the type of each value of the position: a forged token must not reach the SQL.
-    """
-    if not token:
-        return None
-    try:
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise ValueError("too long")
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        after = payload["a"]
-        if payload["q"] != _fingerprint(query):
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def encode(self, query: Any, after: list[Any]) -> str:
+        """A token naming the position after `after` in the results of `query`."""
+        payload = json.dumps({"q": _fingerprint(query), "a": after}, separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+
+    def decode(self, token: str, query: Any, types: Sequence[type | tuple[type, ...]]) -> list[Any] | None:
+        """The position a token names, or None for the first page; refuses tokens of another query
+        (PAGE_TOKEN_MISMATCH) and every token this registry did not make (INVALID_PAGE_TOKEN).
+
+        `types` gives the type of each value of the position, checked even so."""
+        if not token:
+            return None
+        if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+            raise _refused()
+        encoded_payload, encoded_mac = token.split(".")
+        try:
+            payload, mac = _unb64(encoded_payload), _unb64(encoded_mac)
+        except (binascii.Error, ValueError):
+            raise _refused() from None
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise _refused()
+        try:
+            decoded = json.loads(payload)
+            fingerprint, after = decoded["q"], decoded["a"]
+        except (ValueError, KeyError, TypeError):
+            raise _refused() from None
+        if fingerprint != _fingerprint(query):
             raise invalid(
-                "PAGE_TOKEN_MISMATCH",
-                "page_token was made for a list with other filters or sort; start again without it",
+                "PAGE_TOKEN_MISMATCH", "page_token was made for a list with other filters or sort; start again without it"
             )
         if not isinstance(after, list) or len(after) != len(types):
-            raise ValueError("malformed")
+            raise _refused()
         for value, kind in zip(after, types):
             if isinstance(value, bool) or not isinstance(value, kind):
-                raise ValueError("malformed")
+                raise _refused()
             if isinstance(value, int) and not -(2**63) <= value < 2**63:
-                raise ValueError("out of range")
+                raise _refused()
         return after
-    except (ValueError, KeyError, TypeError) as error:
-        raise invalid("INVALID_PAGE_TOKEN", "page_token is not one this registry handed out") from error
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of rows, the count over all pages, and tokens to go on after any row of it."""
+
+    rows: Sequence[T]
+    total_size: int
+    more: bool = False  # rows follow the last one
+    token_of: Callable[[T], str] | None = None
+
+    def token_after(self, index: int) -> str:
+        """The token of the page that starts after rows[index]; empty after the last row of all."""
+        if self.token_of is None or (index == len(self.rows) - 1 and not self.more):
+            return ""
+        return self.token_of(self.rows[index])
+
+    @property
+    def next_page_token(self) -> str:
+        return self.token_after(len(self.rows) - 1) if self.rows else ""
+
+
+def fetch(
+    query: pw.SelectQuery,
+    size: int,
+    total_size: int | Callable[[], int],
+    tokens: PageTokens,
+    fingerprint: Any,
+    position: Callable[[Any], list[Any]],
+) -> Page[Any]:
+    """Runs `query` (filtered, ordered and positioned by the caller) for one page of `size` rows: it
+    reads one more to know whether more follow."""
+    rows = list(query.limit(size + 1))
+    more = len(rows) > size
+    return Page(
+        rows[:size],
+        total_size() if callable(total_size) else total_size,
+        more,
+        lambda row: tokens.encode(fingerprint, position(row)),
+    )

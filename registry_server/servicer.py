@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import auth, convert, errors, validation
+from . import auth, convert, errors, paging, validation
 from . import db as database
 from .errors import invalid
 from .files import CheckpointFiles
@@ -45,6 +45,9 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Internal: grpc.StatusCode.INTERNAL,
 }
+# A page of a List* answer stops before its items exceed this many bytes (with a next_page_token),
+# though it always holds one item: the field limits keep any one item well under gRPC's 4 MiB.
+PAGE_BYTES = 2 * 1024 * 1024
 # WatchEvents: how often a stream looks for events committed through other replicas (its own
 # server's commits wake it at once), and how many events it reads per query.
 WATCH_POLL_INTERVAL_S = 0.5
@@ -166,6 +169,20 @@ def _request_key(method: str, request: Any) -> RequestKey | None:
     return RequestKey(request.request_id, method, fingerprint)
 
 
+def _paged(page: paging.Page[Any], to_message: Callable[[Any], Message]) -> tuple[list[Any], str]:
+    """The messages of a page's rows and the token to go on with: the page ends early, before its
+    messages exceed PAGE_BYTES, so that a page of large items stays readable for every caller."""
+    messages: list[Any] = []
+    size = 0
+    for index, row in enumerate(page.rows):
+        message = to_message(row)
+        size += message.ByteSize()
+        if messages and size > PAGE_BYTES:
+            return messages, page.token_after(index - 1)
+        messages.append(message)
+    return messages, page.next_page_token
+
+
 def _checkpoint_values(message: checkpoint_pb2.Checkpoint, field: str) -> dict[str, Any]:
     _enum(message.state, checkpoint_pb2.CheckpointState.values(), f"{field}.state")
     return convert.checkpoint_values(message)
@@ -261,11 +278,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             owner=request.owner,
         )
         page = self.store.list_models(query, request.page_size, request.page_token)
-        return pb.ListModelsResponse(
-            models=[convert.model(row) for row in page.rows],
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
-        )
+        models, token = _paged(page, convert.model)
+        return pb.ListModelsResponse(models=models, next_page_token=token, total_size=page.total_size)
 
     @_rpc
     def UpdateModel(self, request: pb.UpdateModelRequest, context: grpc.ServicerContext) -> pb.UpdateModelResponse:
@@ -341,11 +355,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         page = self.store.list_versions(
             request.model_name, request.page_size, request.page_token, descending=order != model_pb2.ORDER_BY_ASC
         )
-        return pb.ListModelVersionsResponse(
-            model_versions=[convert.model_version(row) for row in page.rows],
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
-        )
+        versions, token = _paged(page, convert.model_version)
+        return pb.ListModelVersionsResponse(model_versions=versions, next_page_token=token, total_size=page.total_size)
 
     @_rpc
     def UpdateModelVersion(
@@ -390,11 +401,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             smaller_is_better=request.smaller_is_better,
         )
         page = self.store.list_checkpoints(query, request.page_size, request.page_token)
-        return pb.ListCheckpointsResponse(
-            checkpoints=[convert.checkpoint(row) for row in page.rows],
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
-        )
+        checkpoints, token = _paged(page, convert.checkpoint)
+        return pb.ListCheckpointsResponse(checkpoints=checkpoints, next_page_token=token, total_size=page.total_size)
 
     @_rpc
     def DeleteCheckpoint(
@@ -422,11 +430,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasHistoryResponse:
         page = self.store.list_alias_history(request.model_name, request.alias, request.page_size, request.page_token)
-        return pb.ListAliasHistoryResponse(
-            changes=[convert.alias_change(row) for row in page.rows],
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
-        )
+        changes, token = _paged(page, convert.alias_change)
+        return pb.ListAliasHistoryResponse(changes=changes, next_page_token=token, total_size=page.total_size)
 
     # Events
 

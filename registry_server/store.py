@@ -39,6 +39,7 @@ from .tables import (
     ModelCount,
     ModelLabel,
     ModelVersion,
+    RegistrySecret,
     RequestRecord,
 )
 
@@ -141,6 +142,7 @@ class RegistryStore:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self._sqlite = is_sqlite(db)
+        self._tokens: paging.PageTokens | None = None
         # Per thread: the principal of the call being served, and the events of the open write.
         self._local = threading.local()
         # Called after every commit that appended events (the server wakes its watchers early).
@@ -157,6 +159,13 @@ class RegistryStore:
         self._latest_version = PreparedQuery(versions.where(ModelVersion.version == Model.latest_version).limit(1))
         self._version = PreparedQuery(versions.where(ModelVersion.version == param("version")).limit(1))
         self._checkpoint_by_uuid = PreparedQuery(Checkpoint.select().where(Checkpoint.uuid == param("uuid")).limit(1))
+
+    def _page_tokens(self) -> paging.PageTokens:
+        """Page tokens signed with this database's key (migration 0007), read once."""
+        if self._tokens is None:
+            key = RegistrySecret.get(RegistrySecret.name == "page_tokens").value
+            self._tokens = paging.PageTokens(bytes.fromhex(key))
+        return self._tokens
 
     @contextlib.contextmanager
     def acting_as(self, principal: str, admin: bool = True) -> Iterator[None]:
@@ -421,7 +430,7 @@ class RegistryStore:
         columns = [key] if key is Model.name else [key, Model.id]
         types = [str] if key is Model.name else [str if key is Model.description else int, int]
         fingerprint = ["models", query.__dict__]
-        after = paging.decode(page_token, fingerprint, types)
+        after = self._page_tokens().decode(page_token, fingerprint, types)
 
         filters = []
         if query.name:
@@ -450,15 +459,16 @@ class RegistryStore:
         if after is not None:
             rows_query = rows_query.where(_after(columns, after, query.descending))
         order = [c.desc() if query.descending else c.asc() for c in columns]
-        rows = list(rows_query.order_by(*order).limit(size + 1))
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = paging.encode(fingerprint, [getattr(rows[-1], c.name) for c in columns])
         # Unfiltered: the count the triggers keep, O(1). Filtered: an exact COUNT over the matches,
         # which costs what the filter's scan costs (a name or description substring scans every row).
-        total = select().count() if filters else ModelCount.select(ModelCount.models).scalar()
-        return paging.Page(rows, token, total)
+        return paging.fetch(
+            rows_query.order_by(*order),
+            size,
+            lambda: select().count() if filters else ModelCount.select(ModelCount.models).scalar(),
+            self._page_tokens(),
+            fingerprint,
+            lambda row: [getattr(row, c.name) for c in columns],
+        )
 
     def _name_contains(self, text: str) -> pw.Expression:
         """Models whose name contains `text`, ignoring case the same way on both databases: the folded
@@ -699,18 +709,17 @@ class RegistryStore:
     ) -> paging.Page[ModelVersion]:
         size = validation.page_size(page_size)
         fingerprint = ["versions", model_name, descending]
-        after = paging.decode(page_token, fingerprint, [int])
+        after = self._page_tokens().decode(page_token, fingerprint, [int])
         model = self.get_model(model_name)
         query = self._versions().where(ModelVersion.model == model.id)
         if after is not None:
             query = query.where(_after([ModelVersion.version], after, descending))
         order = ModelVersion.version.desc() if descending else ModelVersion.version.asc()
-        rows = list(query.order_by(order).limit(size + 1))
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = paging.encode(fingerprint, [rows[-1].version])
-        return paging.Page(self._with_aliases(rows), token, model.num_versions)
+        page = paging.fetch(
+            query.order_by(order), size, model.num_versions, self._page_tokens(), fingerprint, lambda row: [row.version]
+        )
+        self._with_aliases(list(page.rows))
+        return page
 
     def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
         """Replaces the given fields (of VERSION_FIELDS): by whoever may change the model, or the
@@ -827,7 +836,7 @@ class RegistryStore:
         """Moves of the model's aliases (or of one), oldest first."""
         size = validation.page_size(page_size)
         fingerprint = ["alias_history", model_name, alias]
-        after = paging.decode(page_token, fingerprint, [int])
+        after = self._page_tokens().decode(page_token, fingerprint, [int])
         model = self.get_model(model_name)
         filters = [AliasChange.model == model.id]
         if alias:
@@ -835,14 +844,17 @@ class RegistryStore:
         query = AliasChange.select().where(*filters)
         if after is not None:
             query = query.where(AliasChange.id > after[0])
-        rows = list(query.order_by(AliasChange.id).limit(size + 1))
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = paging.encode(fingerprint, [rows[-1].id])
-        for row in rows:
+        page = paging.fetch(
+            query.order_by(AliasChange.id),
+            size,
+            lambda: AliasChange.select().where(*filters).count(),
+            self._page_tokens(),
+            fingerprint,
+            lambda row: [row.id],
+        )
+        for row in page.rows:
             row.model_name = model.name
-        return paging.Page(rows, token, AliasChange.select().where(*filters).count())
+        return page
 
     # Checkpoints --------------------------------------------------------------------------------
 
@@ -911,17 +923,17 @@ class RegistryStore:
             rows = Checkpoint.select(*columns)
             return rows.where(*filters) if filters else rows
 
+        tokens = self._page_tokens()
         if not query.sort_by_metric:
-            after = paging.decode(page_token, fingerprint, [int])
+            after = tokens.decode(page_token, fingerprint, [int])
             rows_query = select().order_by(Checkpoint.id)
             if after is not None:
                 rows_query = rows_query.where(Checkpoint.id > after[0])
-            rows = list(rows_query.limit(size + 1))
             position = lambda row: [row.id]  # noqa: E731
         else:
             # Best first by one metric; checkpoints without a numeric value for it come last.
             metric = self._numeric_metric(validation.text(query.sort_by_metric, "sort_by_metric", 256))
-            after = paging.decode(page_token, fingerprint, [int, (int, float, type(None)), int])
+            after = tokens.decode(page_token, fingerprint, [int, (int, float, type(None)), int])
             missing = pw.Case(None, [(metric.is_null(), 1)], 0)
             descending = not query.smaller_is_better
             rows_query = select(Checkpoint, metric.alias("sort_value")).order_by(
@@ -940,21 +952,21 @@ class RegistryStore:
                         | better
                         | ((metric == value) & (Checkpoint.id > last_id))
                     )
-            rows = list(rows_query.limit(size + 1))
             position = lambda row: [int(row.sort_value is None), row.sort_value, row.id]  # noqa: E731
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = paging.encode(fingerprint, position(rows[-1]))
-        return paging.Page(rows, token, select().count())
+        return paging.fetch(rows_query, size, lambda: select().count(), tokens, fingerprint, position)
 
     def _numeric_metric(self, key: str) -> pw.Node:
-        """The value of metrics[key] when it is a number, else NULL, in the database's JSON dialect."""
+        """The value of metrics[key] when it is a number, else NULL, in the database's JSON dialect.
+        The key is a bound parameter, never part of a JSON path: any key (quotes, backslashes, any
+        script) means itself on both databases."""
         if self._sqlite:
-            path = '$."' + key.replace('"', '""') + '"'
-            return pw.SQL(
-                "(CASE WHEN json_type(metrics, ?) IN ('integer', 'real') THEN json_extract(metrics, ?) END)",
-                (path, path),
+            return pw.NodeList(
+                (
+                    pw.SQL("(SELECT CASE WHEN type IN ('integer', 'real') THEN value END FROM json_each("),
+                    Checkpoint.metrics,
+                    pw.SQL(") WHERE key = ?)", (key,)),
+                ),
+                glue="",
             )
         return pw.SQL(
             "(CASE WHEN jsonb_typeof(metrics -> %s) = 'number' THEN (metrics ->> %s)::float8 END)", (key, key)

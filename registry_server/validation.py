@@ -21,6 +21,10 @@ MAX_TEXT_LENGTH = 4096  # description, comment, version name, framework, format,
 MAX_NOTES_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 64 * 1024  # model and version metadata, as compact JSON
 MAX_CHECKPOINT_JSON_BYTES = 256 * 1024  # each of experiment_config, hparams, metrics, metadata
+# Objects and arrays nested in one JSON value, the value itself counting 1. An answer embeds a value
+# several messages deep, and each level of JSON costs up to three protobuf messages (Struct, its map
+# entry, Value): 20 levels stay well within protobuf's limit of 100 for every answer that holds one.
+MAX_JSON_DEPTH = 20
 MAX_RESOURCES = 10_000
 MAX_METADATA_KEYS_TO_REMOVE = 1000
 DEFAULT_PAGE_SIZE = 50
@@ -152,10 +156,27 @@ def json_object(value: dict[str, Any], field: str, limit: int = MAX_METADATA_BYT
     size = len(encoded.encode())
     if size > limit:
         raise invalid("VALUE_TOO_LARGE", f"{field} is larger than {limit} bytes", field=field, size=size, limit=limit)
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise invalid(
+            "JSON_TOO_DEEP", f"{field} nests objects and arrays more than {MAX_JSON_DEPTH} deep", field=field,
+            limit=MAX_JSON_DEPTH,
+        )
     # json.dumps escapes NUL as \u0000, which PostgreSQL's jsonb refuses.
     if "\\u0000" in encoded:
         raise invalid("INVALID_CHARACTER", f"{field} must not contain NUL characters", field=field)
     return value
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest in a JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def metadata_keys(keys: Iterable[str]) -> list[str]:
@@ -250,6 +271,10 @@ def file_path(value: str) -> str:
     return value
 
 
+# Strings that are never stored nor looked up as they are: a page token is checked by its signature.
+_OPAQUE_STRINGS = frozenset({"page_token"})
+
+
 def check_request(message: Message) -> None:
     """What every request is checked for before anything reads it: no string anywhere holds NUL (no
     stored value holds one, and PostgreSQL refuses it even in a lookup), and no repeated field holds
@@ -287,7 +312,7 @@ def _check_fields(message: Message, path: str) -> None:
         elif holds_messages:
             for item in value if field.is_repeated else (value,):
                 _check_fields(item, f"{name}.")
-        elif field.type == FieldDescriptor.TYPE_STRING:
+        elif field.type == FieldDescriptor.TYPE_STRING and field.name not in _OPAQUE_STRINGS:
             for item in value if field.is_repeated else (value,):
                 _refuse_nul(name, item)
 

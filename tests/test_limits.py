@@ -17,7 +17,7 @@ from registry_client import Registry
 from registry_client.errors import InvalidArgumentError, ResourceExhaustedError, from_rpc_error
 from registry_server import validation
 from registry_server.server import MAX_REQUEST_BYTES, build_server
-from registry_server.store import RegistryStore
+from registry_server.store import ModelQuery, RegistryStore
 
 KIB = 1024
 
@@ -169,3 +169,104 @@ def test_repeated_fields_are_capped_after_deduplication(registry_target: str) ->
             next(stub.WatchEvents(pb.WatchEventsRequest(kinds=list(range(1, 40))), timeout=30))
         assert refused_kinds.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert from_rpc_error(refused_kinds.value).reason == "TOO_MANY_KINDS"
+
+
+def nested(depth: int) -> object:
+    value: object = 1.0
+    for _ in range(depth - 1):
+        value = [value]
+    return {"deep": value}  # the object itself is level 1
+
+
+def test_what_is_accepted_can_always_be_read_back(registry_target: str) -> None:
+    """A checkpoint whose metadata nested a list 48 deep was accepted, and then every read of a version
+    embedding it failed INTERNAL for every caller; 40 models at the field limits made ListModels' default
+    page 5.4 MiB (RESOURCE_EXHAUSTED for every caller). Now JSON nests at most MAX_JSON_DEPTH deep, and a
+    page ends early, with a token, before its items exceed the page byte budget."""
+    from registry_server.servicer import PAGE_BYTES
+
+    with Registry(registry_target, timeout=60) as registry:
+        with pytest.raises(InvalidArgumentError) as refused:
+            registry.create_checkpoint(metadata=nested(48))
+        assert refused.value.reason in ("JSON_TOO_DEEP", "MALFORMED_REQUEST")
+        with pytest.raises(InvalidArgumentError) as refused:
+            registry.create_checkpoint(metadata=nested(validation.MAX_JSON_DEPTH + 1))
+        assert refused.value.reason == "JSON_TOO_DEEP"
+        deepest = registry.create_checkpoint(metadata=nested(validation.MAX_JSON_DEPTH), metrics=nested(validation.MAX_JSON_DEPTH))
+        model = registry.create_model("deep", metadata=nested(validation.MAX_JSON_DEPTH))
+        model.register_version(deepest.uuid, metadata=nested(validation.MAX_JSON_DEPTH))
+        assert model.get_version().checkpoint.metadata == nested(validation.MAX_JSON_DEPTH)
+        assert len(model.get_versions()) == 1
+
+        big = {"blob": "x" * (validation.MAX_METADATA_BYTES - 20)}
+        notes = "n" * (validation.MAX_NOTES_BYTES - 1)
+        labels = [f"{i:03d}" + "l" * (validation.MAX_LABEL_LENGTH - 3) for i in range(validation.MAX_LABELS)]
+        for i in range(40):
+            registry.create_model(f"big-{i:02d}", description="d" * validation.MAX_TEXT_LENGTH, metadata=big,
+                                  notes=notes, labels=labels)
+    with grpc.insecure_channel(registry_target, options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)]) as channel:
+        stub = pb_grpc.ModelRegistryServiceStub(channel)
+        names, token, pages = [], "", 0
+        while True:
+            page = stub.ListModels(pb.ListModelsRequest(page_token=token), timeout=60)
+            assert page.ByteSize() <= PAGE_BYTES + 256 * 1024  # the budget, plus the item that crossed it
+            names += [m.name for m in page.models]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+    assert names == [f"big-{i:02d}" for i in range(40)] + ["deep"]
+    assert pages >= 3
+
+
+def test_page_tokens_are_signed_and_every_bad_one_is_invalid_page_token(tmp_path: Path, registry_target: str) -> None:
+    """Page tokens were an unkeyed hash: forgeable, and nested JSON, lone surrogates or NUL inside one
+    ended UNKNOWN. They are signed with the database's key now: anything else is INVALID_PAGE_TOKEN."""
+    import base64
+    import json
+
+    def b64(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+    with Registry(registry_target, timeout=10) as registry:
+        for i in range(3):
+            registry.create_model(f"m{i}")
+    channel = grpc.insecure_channel(registry_target)
+    stub = pb_grpc.ModelRegistryServiceStub(channel)
+    with channel:
+        token = stub.ListModels(pb.ListModelsRequest(page_size=1), timeout=10).next_page_token
+        assert stub.ListModels(pb.ListModelsRequest(page_size=1, page_token=token), timeout=10).models[0].name == "m1"
+        payload, mac = token.split(".")
+        forged_position = b64(json.dumps({"q": json.loads(base64.urlsafe_b64decode(payload + "==="))["q"], "a": ["m0"]}))
+        other_database = store_token(tmp_path)
+        for bad in [
+            forged_position + "." + mac,  # a position of the caller's choosing, under the old signature
+            forged_position,  # the old, unsigned form
+            token[:-1] + ("A" if token[-1] != "A" else "B"),
+            b64('{"q": {"q": {"q": []}}, "a": [[[[]]]]}'),
+            b64('{"q": "x", "a": ["\\ud800"]}') + "." + mac,
+            "abc\x00def." + mac,
+            token + "." + mac,
+            other_database,
+            "%%%%",
+        ]:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListModels(pb.ListModelsRequest(page_size=1, page_token=bad), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+            assert from_rpc_error(refused.value).reason == "INVALID_PAGE_TOKEN", bad
+
+
+def store_token(directory: Path) -> str:
+    """A genuine token of another registry's database."""
+    from registry_server import db as database
+
+    db = database.connect(f"sqlite:///{directory}/other.db")
+    database.migrate(db)
+    try:
+        with db.connection_context():
+            store = RegistryStore(db)
+            for name in ("a", "b"):
+                store.create_model(name)
+            return store.list_models(ModelQuery(), 1).next_page_token
+    finally:
+        db.close_all()

@@ -163,3 +163,31 @@ def test_a_taken_port_is_one_clear_error_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot start: cannot bind 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://registry:s3cret@127.0.0.1:1/registry",  # nothing listens on port 1
+        "postgresql://postgres@127.0.0.1:5432/no_such_database_here?password=s3cret",
+    ],
+)
+def test_an_unusable_database_is_one_line_naming_it_without_its_password(url: str) -> None:
+    """It was a ~70-line traceback; with --workers too."""
+    for workers in ("1", "2"):
+        result = subprocess.run(
+            [console_script("model-registry-server"), "--port", "0", "--workers", workers, "--database-url", url],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "cannot start" in lines[0] and "127.0.0.1" in lines[0] and "is the database running" in lines[0]
+        assert "s3cret" not in result.stderr and "***" in lines[0]
+
+
+def test_each_migration_is_logged_once(tmp_path: Path) -> None:
+    with ServerProcess(f"sqlite:///{tmp_path}/registry.db") as server:
+        pass
+    applied = [line for line in server.lines if "0001_initial" in line]
+    assert len(applied) == 1, applied

@@ -384,3 +384,17 @@ def test_names_are_nfc_and_twins_by_case_or_form_are_refused(store: RegistryStor
     assert sorted(m.name for m in store.list_models(ModelQuery(name="CAFÉ")).rows) == ["Café"]
     assert sorted(m.name for m in store.list_models(ModelQuery(name="strasse")).rows) == ["STRASSE"]
     assert sorted(m.name for m in store.list_models(ModelQuery(name="ss")).rows) == ["STRASSE"]
+
+
+def test_any_metric_key_sorts_the_same_on_both_databases(store: RegistryStore) -> None:
+    """SQLite read the key through a JSON path: a key with `"` ended UNAVAILABLE, and keys with `é` or
+    a backslash read as missing, so the "best" checkpoint was an arbitrary one. The key is a bound
+    value now, on both databases."""
+    keys = ['a"b', "é", "back\\slash", "$.x", "a.b", "[0]", "*", "with space"]
+    for key in keys:
+        for trial, value in enumerate([0.3, 0.1, 0.2]):
+            store.create_checkpoint({"trial_id": trial, "metrics": {key: value, "other": 9}})
+    for key in keys:
+        best_first = store.list_checkpoints(CheckpointQuery(sort_by_metric=key, smaller_is_better=True), 100).rows
+        assert [c.metrics.get(key) for c in best_first[:3]] == [0.1, 0.2, 0.3], key
+        assert all(key not in c.metrics for c in best_first[3:]), key
