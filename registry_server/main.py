@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import auth
 from . import db as database
+from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .server import DEFAULT_WORKERS, MAX_CONCURRENT_RPCS, MAX_REQUEST_BYTES, TlsFiles, build_server
 from .servicer import WATCH_POLL_INTERVAL_S
 from .storage import open_storage
@@ -123,7 +124,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MAX_CONCURRENT_RPCS,
         help="calls in progress at once per process; more get RESOURCE_EXHAUSTED (default: %(default)s)",
     )
+    limits.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=int(env("MODEL_REGISTRY_MAX_UPLOAD_BYTES", str(DEFAULT_MAX_UPLOAD_BYTES))),
+        help="bytes of checkpoint files one upload may carry; more get RESOURCE_EXHAUSTED UPLOAD_TOO_LARGE "
+        "(env MODEL_REGISTRY_MAX_UPLOAD_BYTES; default: %(default)s, 100 GiB)",
+    )
     args = parser.parse_args(argv)
+    if args.max_upload_bytes < 1:
+        parser.error("--max-upload-bytes must be at least 1")
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
     if args.max_watchers is not None and not 1 <= args.max_watchers < args.threads:
@@ -170,6 +180,7 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
             max_request_bytes=args.max_request_bytes,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             sqlite_synchronous=args.sqlite_synchronous,
+            max_upload_bytes=args.max_upload_bytes,
         )
     except (OSError, ValueError) as error:
         log.error("cannot start: %s", error)
@@ -184,7 +195,7 @@ def _serve(args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str
         running.port,
         worker,
         _redacted(args.database_url),
-        storage.uri("").rstrip("/"),
+        storage.uri(),
         "TLS" + (" with client certificates" if args.tls_client_ca else "") if args.tls_cert else "plaintext",
         "bearer tokens" if args.auth_tokens else "no authentication",
     )

@@ -20,6 +20,7 @@ from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from . import auth
 from . import db as database
 from .interceptor import RegistryInterceptor
+from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
 from .storage import Storage, open_storage
 from .store import EVENTS_CHANNEL, RegistryStore
@@ -32,6 +33,7 @@ MAX_CONCURRENT_RPCS = 256  # calls in progress at once; more are refused RESOURC
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one request message; larger is refused RESOURCE_EXHAUSTED
 HEALTH_PROBE_INTERVAL_S = 2.0
 PURGE_INTERVAL_S = 3600.0  # how often request_ids past their retention are forgotten
+STORAGE_SWEEP_INTERVAL_S = 3600.0  # how often checkpoint file storage is swept (files.CheckpointFiles.sweep)
 
 
 class RegistryServer:
@@ -53,6 +55,7 @@ class RegistryServer:
         self.db = db
         self.servicer = servicer
         self._purged_at = 0.0
+        self._swept_at = time.monotonic()
         self._stopping = threading.Event()
         self._serving: bool | None = None
         self._watcher = threading.Thread(target=self._watch_database, name="health", daemon=True)
@@ -67,6 +70,8 @@ class RegistryServer:
                 self.set_serving(serving)
             if serving and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
                 self._purge_request_records()
+            if serving and time.monotonic() - self._swept_at > STORAGE_SWEEP_INTERVAL_S:
+                self.sweep_storage()
             self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
 
     def _listen_for_events(self) -> None:
@@ -104,6 +109,20 @@ class RegistryServer:
                 log.info("forgot %d request ids past their retention", purged)
         except pw.PeeweeException as error:
             log.warning("could not purge old request ids: %s", error)
+
+    def sweep_storage(self, *, collect: bool = True) -> None:
+        """Storage upkeep (stale temporary files, the trash, expired holds, unreferenced blobs and, at
+        start-up, an earlier release's files): at start-up and every STORAGE_SWEEP_INTERVAL_S. A
+        failure is logged and tried again at the next sweep."""
+        self._swept_at = time.monotonic()
+        try:
+            with self.db.connection_context():
+                done = self.servicer.files.sweep(collect=collect)
+        except (OSError, pw.PeeweeException) as error:
+            log.warning("could not sweep the checkpoint file storage (tried again later): %s", error)
+            return
+        if any(done.values()):
+            log.info("swept the checkpoint file storage: %s", ", ".join(f"{n} {what}" for what, n in done.items() if n))
 
     def set_serving(self, serving: bool) -> None:
         self._serving = serving
@@ -158,13 +177,15 @@ def build_server(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     sqlite_synchronous: str = "full",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
 
     With `reuse_port`, several processes may bind the same port and the kernel spreads connections
     over them; without it, binding a port that is taken fails instead of silently sharing it.
-    Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
+    Stale temporary files of uploads are swept, and an earlier release's files adopted, before it
+    serves. Each WatchEvents stream holds one of the `max_workers` threads: `max_watchers` (default half of
     them) caps the streams so that unary calls keep the rest.
     Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
     is served unless `allow_unauthenticated`; ValueError says so."""
@@ -186,6 +207,7 @@ def build_server(
         storage,
         watch_poll_interval=watch_poll_interval,
         max_watchers=max_watchers if max_watchers is not None else max(1, max_workers // 2),
+        max_upload_bytes=max_upload_bytes,
     )
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -201,8 +223,9 @@ def build_server(
     if not bound:
         db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")
-    server.start()
     running = RegistryServer(server, bound, health_servicer, db, servicer, tokens)
+    running.sweep_storage(collect=False)  # blobs are listed by the periodic sweeps only: a start stays quick
+    server.start()
     running.set_serving(database.ping(db))
     running._watcher.start()
     if not database.is_sqlite(db):
