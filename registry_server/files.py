@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from typing import Iterable, Iterator, BinaryIO
 from . import validation
 from .checkpoint_files import CheckpointFileStore, ancestors, conflict_error
 from .errors import Aborted, DataLoss, ResourceExhausted, invalid
-from .storage import PendingFile, Storage
+from .storage import PendingFile, Storage, is_digest
 from .store import RegistryStore, now_us
 from .tables import Checkpoint
 
@@ -59,7 +58,6 @@ CHUNK_SIZE = 1024 * 1024  # the most bytes one message of a transfer carries
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024**3  # bytes of the files of one upload call
 STALE_UPLOAD_AGE_S = 3600.0  # temporary files of an upload idle this long are removed
 HOLD_TTL_S = 24 * 3600.0  # holds older than this belong to uploads that died
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ class Upload:
             raise conflict_error(path, stored=False)
         if size < 0:
             raise invalid("INVALID_FILE_SIZE", "file size must not be negative", path=path, size=size)
-        if not _SHA256_HEX.fullmatch(sha256):
+        if not is_digest(sha256):
             raise invalid("INVALID_FILE_DIGEST", "sha256 must be 64 lower-case hexadecimal digits", path=path)
         self._declared += size
         if self._declared > self.files.max_upload_bytes:
@@ -172,6 +170,7 @@ class Upload:
             raise Aborted(
                 "UPLOAD_EXPIRED", "the upload's temporary files were removed as stale (idle for too long); upload again"
             ) from None
+        self._pending = []  # placed: no temporary file is left to discard
         checkpoint = store.record(self.checkpoint_uuid, self.id, files, len(digests), self.files.storage.uri())
         self._held = False
         return checkpoint
@@ -255,8 +254,9 @@ class CheckpointFiles:
     def delete_checkpoint(self, checkpoint_uuid: str) -> None:
         """Deletes the record, then the blobs nothing else refers to: a failure in between leaves
         blobs nobody sees (collected by a later sweep), never a record whose files are gone."""
-        digests = {digest for _, digest in self.files_store.files_of(checkpoint_uuid.lower())}
-        uuid = self.store.delete_checkpoint(checkpoint_uuid)
+        uuid = self.store.get_checkpoint(checkpoint_uuid).uuid
+        digests = {digest for _, digest in self.files_store.files_of(uuid)}
+        self.store.delete_checkpoint(uuid)
         try:
             self._collect(digests)
         except OSError as error:
@@ -265,13 +265,16 @@ class CheckpointFiles:
     def _collect(self, digests: Iterable[str]) -> int:
         """Deletes the blobs of `digests` that nothing refers to (G1-G3 of the module's docstring);
         returns how many went."""
-        candidates = set(digests) - self.files_store.referenced(digests)
+        digests = set(digests)
         trashed = {}
-        for digest in sorted(candidates):
-            name = self.storage.move_to_trash(digest)
-            if name is not None:
-                trashed[name] = digest
-        return self._settle(trashed)
+        try:
+            for digest in sorted(digests - self.files_store.referenced(digests)):
+                name = self.storage.move_to_trash(digest)
+                if name is not None:
+                    trashed[name] = digest
+        finally:
+            deleted = self._settle(trashed)  # what was moved aside, also when moving the rest failed
+        return deleted
 
     def _settle(self, trashed: dict[str, str]) -> int:
         """G2 and G3 for trash entries (name -> digest): back to their names if referenced, else gone."""
@@ -284,23 +287,40 @@ class CheckpointFiles:
         return sum(digest not in live for digest in trashed.values())
 
     def sweep(self, *, collect: bool = True) -> dict[str, int]:
-        """Storage upkeep, at start-up (`collect` False) and periodically: adopts an earlier release's
-        files, settles what a collector left in the trash, removes the temporary files of dead uploads
-        and their expired holds, and (with `collect`) deletes blobs unreferenced at this sweep and the
-        one before. Returns counts of what it did, for the log."""
-        done = {"adopted": self.adopt_legacy_files()}
-        trashed = {name: name.split(".", 1)[0] for name in self.storage.trashed()}
-        done["restored"] = len(trashed) - self._settle(trashed)
-        done["stale uploads"] = self.storage.sweep_uploads(time.time() - STALE_UPLOAD_AGE_S)
-        done["expired holds"] = self.files_store.expire_holds(now_us() - int(HOLD_TTL_S * 1e6))
+        """Storage upkeep, at start-up (`collect` False) and periodically: removes the temporary files
+        of dead uploads and their expired holds, settles what a collector left in the trash, adopts an
+        earlier release's files, and (with `collect`) deletes blobs unreferenced at this sweep and the
+        one before. A storage failure skips one step, not the others. Returns counts, for the log."""
+        steps = {
+            "stale uploads": lambda: self.storage.sweep_uploads(time.time() - STALE_UPLOAD_AGE_S),
+            "expired holds": lambda: self.files_store.expire_holds(now_us() - int(HOLD_TTL_S * 1e6)),
+            "trash entries settled": self._settle_trash,
+            "adopted": self.adopt_legacy_files,
+        }
         if collect:
-            unreferenced: set[str] = set()
-            for batch in self.storage.blobs():
-                unreferenced.update(set(batch) - self.files_store.referenced(batch))
-            doomed = unreferenced & self._unreferenced
-            self._unreferenced = unreferenced - doomed
-            done["collected"] = self._collect(doomed)
+            steps["collected"] = self._collect_garbage
+        done = {}
+        for name, step in steps.items():
+            try:
+                done[name] = step()
+            except OSError as error:
+                log.warning("storage sweep: %s failed (tried again at the next sweep): %s", name, error)
         return done
+
+    def _settle_trash(self) -> int:
+        """Settles the trash entries a collector left (it died, or is at work in another server)."""
+        trashed = {name: name.split(".", 1)[0] for name in self.storage.trashed()}
+        self._settle(trashed)
+        return len(trashed)
+
+    def _collect_garbage(self) -> int:
+        """Deletes the blobs nothing has referred to at this sweep and the one before."""
+        unreferenced: set[str] = set()
+        for batch in self.storage.blobs():
+            unreferenced.update(set(batch) - self.files_store.referenced(batch))
+        doomed = unreferenced & self._unreferenced
+        self._unreferenced = unreferenced - doomed
+        return self._collect(doomed)
 
     def adopt_legacy_files(self) -> int:
         """Moves the files an earlier release kept at <root>/<uuid>/<path> into blobs, once their

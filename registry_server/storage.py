@@ -42,9 +42,13 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def is_digest(value: str) -> bool:
+    """A SHA-256 as 64 lower-case hex digits: the only names blobs get."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
 def checked_digest(sha256: str) -> str:
-    """A SHA-256 as 64 lower-case hex digits, or ValueError: the only names blobs get."""
-    if not isinstance(sha256, str) or not _DIGEST.fullmatch(sha256):
+    if not is_digest(sha256):
         raise ValueError(f"not a SHA-256 digest: {str(sha256)[:80]!r}")
     return sha256
 
@@ -355,6 +359,10 @@ class FsspecStorage(Storage):
         options = dict(options or {})
         if fsspec.utils.get_protocol(url) in ("file", "local"):
             options.setdefault("auto_mkdir", True)  # object stores have no directories to make
+        else:
+            # A cached listing would hide blobs other servers placed or collected since, and
+            # `place` and `open` must see the store as it is.
+            options.setdefault("use_listings_cache", False)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except ImportError as error:
@@ -449,7 +457,11 @@ class FsspecStorage(Storage):
 
     def legacy_checkpoints(self) -> list[str]:
         self.fs.invalidate_cache()
-        names = (key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False))
+        try:
+            keys = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:  # nothing stored under the prefix yet
+            return []
+        names = (key.rstrip("/").rsplit("/", 1)[-1] for key in keys)
         return sorted(name for name in names if _UUID.fullmatch(name))
 
     def adopt(self, checkpoint_uuid: str, path: str, sha256: str) -> bool:

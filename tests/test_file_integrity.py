@@ -24,7 +24,6 @@ import pytest
 from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from registry_client import DataLossError, EventKind, Registry
-from registry_client.errors import from_rpc_error
 from registry_server import backup, validation
 from registry_server import db as database
 from registry_server.main import parse_args
@@ -33,6 +32,7 @@ from registry_server.storage import LocalStorage
 from registry_server.store import RegistryStore
 from tests.conftest import POSTGRES_URL
 from tests.servers import ServerProcess
+from tests.test_files import files_under, make_tree, refusal, registry, stub, tree_of  # noqa: F401 (fixtures)
 
 KiB, MiB = 1024, 1024 * 1024
 HOUR = 3600
@@ -40,21 +40,6 @@ HOUR = 3600
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def make_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
-def tree_of(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def files_under(root: str | Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file())
 
 
 def temporaries(storage_dir: str | Path) -> list[str]:
@@ -81,15 +66,6 @@ def count_temporaries(storage_dir: str | Path) -> int:
     return count
 
 
-def refusal(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
-    try:
-        call()
-    except grpc.RpcError as err:
-        error = from_rpc_error(err)
-        return error.code, error.reason
-    return grpc.StatusCode.OK, ""
-
-
 def header(path: str, data: bytes) -> pb.UploadCheckpointFilesRequest:
     return pb.UploadCheckpointFilesRequest(file=checkpoint_pb2.CheckpointFile(path=path, size=len(data), sha256=sha(data)))
 
@@ -107,18 +83,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60, what: str = "co
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def registry(registry_target: str) -> Iterator[Registry]:
-    with Registry(registry_target, timeout=60) as r:
-        yield r
-
-
-@pytest.fixture
-def stub(registry_target: str) -> Iterator[pb_grpc.ModelRegistryServiceStub]:
-    with grpc.insecure_channel(registry_target) as channel:
-        yield pb_grpc.ModelRegistryServiceStub(channel)
 
 
 @contextmanager
