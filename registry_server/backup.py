@@ -12,11 +12,13 @@ import peewee as pw
 
 from .errors import FailedPrecondition, invalid
 from .store import RegistryStore
-from .tables import AliasChange, Checkpoint, Event, EventCounter, Model, ModelAlias, ModelVersion
+from .tables import AliasChange, Checkpoint, CheckpointFile, Event, EventCounter, Model, ModelAlias, ModelVersion
 
 FORMAT = "model-registry-export"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 had no aliases, alias history or events
+FORMAT_VERSION = 3
+# Version 1 had no aliases, alias history or events; versions 1 and 2 kept the digests of stored
+# files in each checkpoint's "file_digests" (path -> sha256) instead of "checkpoint_files".
+READABLE_VERSIONS = (1, 2, 3)
 _BATCH = 500
 
 
@@ -36,6 +38,11 @@ def export_registry(store: RegistryStore, out: IO[str]) -> dict[str, int]:
     """Writes the registry as JSON to `out`, one row at a time, from one consistent snapshot."""
     sections = {
         "checkpoints": Checkpoint.select().order_by(Checkpoint.id),
+        "checkpoint_files": CheckpointFile.select(
+            Checkpoint.uuid.alias("checkpoint_uuid"), CheckpointFile.path, CheckpointFile.size, CheckpointFile.sha256
+        )
+        .join(Checkpoint)
+        .order_by(CheckpointFile.id),
         "models": Model.select().order_by(Model.id),
         "model_versions": ModelVersion.select(
             *[f for f in ModelVersion._meta.sorted_fields if f.name not in ("id", "model", "checkpoint")],
@@ -87,12 +94,24 @@ def _load(store: RegistryStore, data: dict[str, Any]) -> dict[str, int]:
     with store._write():
         if Model.select().exists() or Checkpoint.select().exists() or Event.select().exists():
             raise FailedPrecondition("REGISTRY_NOT_EMPTY", "import loads into an empty registry only")
-        _insert(Checkpoint, data["checkpoints"])
+        checkpoints = [dict(row) for row in data["checkpoints"]]
+        files = list(data.get("checkpoint_files", []))
+        for row in checkpoints:  # versions 1 and 2
+            sizes = row.get("resources") or {}
+            files += [
+                {"checkpoint_uuid": row["uuid"], "path": path, "size": sizes.get(path, 0), "sha256": digest}
+                for path, digest in (row.pop("file_digests", None) or {}).items()
+            ]
+        _insert(Checkpoint, checkpoints)
+        checkpoint_ids = dict(Checkpoint.select(Checkpoint.uuid, Checkpoint.id).tuples())
+        _insert(CheckpointFile, [
+            {"checkpoint": checkpoint_ids[f["checkpoint_uuid"]], "path": f["path"], "size": f["size"], "sha256": f["sha256"]}
+            for f in files
+        ])
         model_ids = {}
         for row in data["models"]:
             model_ids[row["name"]] = Model.insert(**row).execute()
             store._set_label_rows(model_ids[row["name"]], row["labels"])
-        checkpoint_ids = dict(Checkpoint.select(Checkpoint.uuid, Checkpoint.id).tuples())
         versions = []
         for row in data["model_versions"]:
             row = dict(row)
@@ -105,7 +124,7 @@ def _load(store: RegistryStore, data: dict[str, Any]) -> dict[str, int]:
             _insert(table, [{k: v for k, v in row.items() if k != "model_name"} for row in rows])
         _insert(Event, data.get("events", []))
         EventCounter.update(last_sequence=data.get("last_event_sequence", 0)).where(EventCounter.id == 1).execute()
-    sections = ("checkpoints", "models", "model_versions", "model_aliases", "alias_changes", "events")
+    sections = ("checkpoints", "checkpoint_files", "models", "model_versions", "model_aliases", "alias_changes", "events")
     return {section: len(data.get(section, [])) for section in sections}
 
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import auth, server
 from . import db as database
+from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .server import TlsFiles, build_server
 from .servicer import WATCH_POLL_INTERVAL_S
 from .storage import open_storage
@@ -168,7 +169,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a stream may wait on its peer (a download not read, an upload not sent) before it is "
         "ended DEADLINE_EXCEEDED (default: %(default)s)",
     )
+    limits.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=int(env("MODEL_REGISTRY_MAX_UPLOAD_BYTES", str(DEFAULT_MAX_UPLOAD_BYTES))),
+        help="bytes of checkpoint files one upload may carry; more get RESOURCE_EXHAUSTED UPLOAD_TOO_LARGE "
+        "(env MODEL_REGISTRY_MAX_UPLOAD_BYTES; default: %(default)s, 100 GiB)",
+    )
     args = parser.parse_args(argv)
+    if args.max_upload_bytes < 1:
+        parser.error("--max-upload-bytes must be at least 1")
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
     if min(args.max_watchers, args.max_uploads, args.max_downloads, args.max_streams_per_caller) < 1:
@@ -240,6 +250,7 @@ def _serve(
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             sqlite_synchronous=args.sqlite_synchronous,
             private_address=probe[0] if probe else None,
+            max_upload_bytes=args.max_upload_bytes,
         )
     except (OSError, ValueError, pw.PeeweeException) as error:
         log.error("cannot start%s: %s", worker, _start_error(error, args.database_url))
@@ -254,7 +265,7 @@ def _serve(
         running.port,
         worker,
         database.redacted(args.database_url),
-        storage.uri("").rstrip("/"),
+        storage.uri(),
         "TLS" + (" with client certificates" if args.tls_client_ca else "") if args.tls_cert else "plaintext",
         "bearer tokens" if args.auth_tokens else "no authentication",
     )

@@ -22,6 +22,7 @@ from . import db as database
 from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthServicer
 from .interceptor import RegistryInterceptor
+from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
 from .storage import Storage, open_storage
 from .store import EVENTS_CHANNEL, RegistryStore
@@ -43,6 +44,7 @@ STREAM_IDLE_TIMEOUT_S = 60.0  # a stream blocked on its peer this long is ended 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # one request message; larger is refused RESOURCE_EXHAUSTED
 HEALTH_PROBE_INTERVAL_S = 2.0
 PURGE_INTERVAL_S = 3600.0  # how often request_ids past their retention are forgotten
+STORAGE_SWEEP_INTERVAL_S = 3600.0  # how often checkpoint file storage is swept (files.CheckpointFiles.sweep)
 
 
 class RegistryServer:
@@ -66,6 +68,7 @@ class RegistryServer:
         self.servicer = servicer
         self.calls = calls
         self._purged_at = 0.0
+        self._swept_at = time.monotonic()
         self._stopping = threading.Event()
         self._serving: bool | None = None
         self._watcher = threading.Thread(target=self._watch_database, name="health", daemon=True)
@@ -80,6 +83,8 @@ class RegistryServer:
                 self.set_serving(serving)
             if serving and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
                 self._purge_request_records()
+            if serving and time.monotonic() - self._swept_at > STORAGE_SWEEP_INTERVAL_S:
+                self.sweep_storage()
             self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
 
     def _listen_for_events(self) -> None:
@@ -117,6 +122,20 @@ class RegistryServer:
                 log.info("forgot %d request ids past their retention", purged)
         except pw.PeeweeException as error:
             log.warning("could not purge old request ids: %s", error)
+
+    def sweep_storage(self, *, collect: bool = True) -> None:
+        """Storage upkeep (stale temporary files, the trash, expired holds, unreferenced blobs and, at
+        start-up, an earlier release's files): at start-up and every STORAGE_SWEEP_INTERVAL_S. A
+        failure is logged and tried again at the next sweep."""
+        self._swept_at = time.monotonic()
+        try:
+            with self.db.connection_context():
+                done = self.servicer.files.sweep(collect=collect)
+        except (OSError, pw.PeeweeException) as error:
+            log.warning("could not sweep the checkpoint file storage (tried again later): %s", error)
+            return
+        if any(done.values()):
+            log.info("swept the checkpoint file storage: %s", ", ".join(f"{n} {what}" for what, n in done.items() if n))
 
     def set_serving(self, serving: bool) -> None:
         self._serving = serving
@@ -186,6 +205,7 @@ def build_server(
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     sqlite_synchronous: str = "full",
     private_address: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
@@ -196,6 +216,8 @@ def build_server(
     (running or queued); each kind of stream runs on a pool of its own, capped by its `max_*` per
     process and by `max_streams_per_caller` per principal (see budget.py), so no stream can take the
     capacity of unary calls; a stream blocked on its peer for `stream_idle_timeout` seconds is ended.
+    Stale temporary files of uploads are swept, and an earlier release's files adopted, before it
+    serves.
     Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
     is served unless `allow_unauthenticated`; ValueError says so. `private_address` (e.g.
     unix:/path) is served as well, in plaintext: a worker's parent probes its health there."""
@@ -225,7 +247,9 @@ def build_server(
         interceptors=[RegistryInterceptor(SERVICE_NAME, tokens, calls)],
         options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
-    servicer = ModelRegistryServicer(RegistryStore(db), storage, watch_poll_interval=watch_poll_interval)
+    servicer = ModelRegistryServicer(
+        RegistryStore(db), storage, watch_poll_interval=watch_poll_interval, max_upload_bytes=max_upload_bytes
+    )
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -243,8 +267,9 @@ def build_server(
         calls.shutdown()
         db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")
-    server.start()
     running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens)
+    running.sweep_storage(collect=False)  # blobs are listed by the periodic sweeps only: a start stays quick
+    server.start()
     running.set_serving(database.ping(db))
     running._watcher.start()
     if not database.is_sqlite(db):

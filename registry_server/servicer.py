@@ -25,7 +25,7 @@ from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from . import auth, convert, errors, paging, validation
 from . import db as database
 from .errors import invalid
-from .files import CheckpointFiles
+from .files import DEFAULT_MAX_UPLOAD_BYTES, CheckpointFiles
 from .storage import Storage
 from .store import MODEL_FIELDS, VERSION_FIELDS, CheckpointQuery, ModelQuery, RegistryStore, RequestKey
 
@@ -225,9 +225,10 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         storage: Storage,
         *,
         watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         self.store = store
-        self.files = CheckpointFiles(store, storage)
+        self.files = CheckpointFiles(store, storage, max_upload_bytes)
         self.watch_poll_interval = watch_poll_interval
         self._stopping = threading.Event()
         self._changed = threading.Condition()
@@ -515,5 +516,5 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             yield pb.DownloadCheckpointFilesResponse(
                 file=checkpoint_pb2.CheckpointFile(path=header.path, size=header.size, sha256=header.sha256)
             )
-            for chunk in self.files.read(uuid, header.path):
+            for chunk in self.files.read(uuid, header):
                 yield pb.DownloadCheckpointFilesResponse(chunk=chunk)

@@ -78,6 +78,7 @@ class EventKind(enum.IntEnum):
     CHECKPOINT_DELETED = 11
     ALIAS_SET = 12
     ALIAS_DELETED = 13
+    CHECKPOINT_FILES_UPLOADED = 14
 
 
 @dataclass(frozen=True)
@@ -628,7 +629,10 @@ class RegistryStore:
             if checkpoint_values is not None:
                 checkpoint_row = self._insert_checkpoint(checkpoint_values)
             else:
-                checkpoint_row = Checkpoint.get_or_none(Checkpoint.uuid == checkpoint_uuid)
+                # Locked (shared) until commit: an upload recording files to it (which takes the row
+                # lock) comes wholly before the registration or is refused after it (CHECKPOINT_IN_USE).
+                query = Checkpoint.select().where(Checkpoint.uuid == checkpoint_uuid)
+                checkpoint_row = (query if self._sqlite else query.for_update("FOR SHARE")).first()
                 if checkpoint_row is None:
                     raise checkpoint_not_found(checkpoint_uuid)
             if checkpoint_row.state != STATE_COMPLETED:
@@ -988,60 +992,6 @@ class RegistryStore:
             # A version registered it between our check and the delete (PostgreSQL's RESTRICT).
             raise _checkpoint_in_use(uuid, "", 0)
         return uuid
-
-    # Checkpoint files ---------------------------------------------------------------------------
-
-    def checkpoint_for_upload(self, uuid: str) -> Checkpoint:
-        """The checkpoint, if files may be uploaded to it: the files of a registered model stay as
-        they were registered."""
-        checkpoint = self.get_checkpoint(uuid)
-        self._must_own(f"upload files to checkpoint {checkpoint.uuid!r}", checkpoint, checkpoint_uuid=checkpoint.uuid)
-        _refuse_in_use(checkpoint)
-        return checkpoint
-
-    def record_files(
-        self, uuid: str, files: dict[str, tuple[int, str]], storage_uri: str, publish: Callable[[], None]
-    ) -> Checkpoint:
-        """Records uploaded files (path -> (size, sha256)) and calls `publish` to make them visible,
-        in one transaction under the checkpoint's row lock, so that concurrent uploads to one
-        checkpoint record what they published in the same order. Once a checkpoint has stored files,
-        its resources list exactly those; an ACTIVE checkpoint becomes COMPLETED."""
-        with self._write():
-            query = Checkpoint.update(storage_uri=storage_uri).where(Checkpoint.uuid == uuid).returning(Checkpoint)
-            checkpoint = next(iter(query.execute()), None)
-            if checkpoint is None:
-                raise checkpoint_not_found(uuid)  # deleted while its files were uploading
-            self._must_own(f"upload files to checkpoint {uuid!r}", checkpoint, checkpoint_uuid=uuid)
-            _refuse_in_use(checkpoint)
-            publish()
-            checkpoint.resources = {
-                **(checkpoint.resources if checkpoint.file_digests else {}),
-                **{path: size for path, (size, _) in files.items()},
-            }
-            checkpoint.file_digests = {**checkpoint.file_digests, **{path: sha for path, (_, sha) in files.items()}}
-            if checkpoint.state == STATE_ACTIVE:
-                checkpoint.state = STATE_COMPLETED
-            Checkpoint.update(
-                resources=checkpoint.resources, file_digests=checkpoint.file_digests, state=checkpoint.state
-            ).where(Checkpoint.id == checkpoint.id).execute()
-        return checkpoint
-
-    def stored_files(self, checkpoint: Checkpoint, paths: list[str]) -> list[tuple[str, int, str]]:
-        """(path, size, sha256) of the named stored files, in the order given; every one, by path,
-        when none are named."""
-        for path in paths:
-            validation.file_path(path)
-            if path not in checkpoint.file_digests:
-                raise NotFound(
-                    "CHECKPOINT_FILE_NOT_FOUND",
-                    f"checkpoint {checkpoint.uuid!r} has no stored file {path!r}",
-                    checkpoint_uuid=checkpoint.uuid,
-                    path=path,
-                )
-        return [
-            (path, checkpoint.resources[path], checkpoint.file_digests[path])
-            for path in (paths or sorted(checkpoint.file_digests))
-        ]
 
     # Helpers ------------------------------------------------------------------------------------
 

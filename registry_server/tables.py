@@ -72,13 +72,37 @@ class Checkpoint(Table):
     storage_uri = pw.TextField(default="")
     report_time = pw.BigIntegerField()
     creation_time = pw.BigIntegerField()
-    # path -> SHA-256 (hex) of each file stored in the registry's storage; their sizes are in resources.
-    file_digests = pw.JSONField(default=dict)
     owner = pw.CharField(max_length=256, default="")  # the principal that created it
 
     class Meta:
         table_name = "checkpoint"
         indexes = ((("experiment_id", "trial_id", "id"), False), (("trial_id", "id"), False))
+
+
+class CheckpointFile(Table):
+    """A file stored in the registry for a checkpoint: its path, size and SHA-256, which names the
+    blob holding its bytes (storage.py). `resources` of the checkpoint lists the same paths and sizes."""
+
+    checkpoint = pw.ForeignKeyField(Checkpoint, on_delete="CASCADE", backref="files")
+    path = pw.TextField()
+    size = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64)
+
+    class Meta:
+        table_name = "checkpoint_file"
+        indexes = ((("checkpoint", "path"), True), (("sha256",), False))
+
+
+class BlobHold(Table):
+    """A blob an upload in flight is about to record: the garbage collector keeps it (files.py)."""
+
+    upload = pw.CharField(max_length=32)
+    sha256 = pw.CharField(max_length=64)
+    creation_time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "blob_hold"
+        indexes = ((("upload",), False), (("sha256",), False), (("creation_time",), False))
 
 
 class ModelVersion(Table):

@@ -25,7 +25,11 @@ MAX_CHECKPOINT_JSON_BYTES = 256 * 1024  # each of experiment_config, hparams, me
 # several messages deep, and each level of JSON costs up to three protobuf messages (Struct, its map
 # entry, Value): 20 levels stay well within protobuf's limit of 100 for every answer that holds one.
 MAX_JSON_DEPTH = 20
-MAX_RESOURCES = 10_000
+MAX_RESOURCES = 10_000  # entries of a checkpoint's resources: the files it may store
+# Total UTF-8 bytes of the paths in a checkpoint's resources. With the ~16 bytes each map entry adds
+# on the wire, 10,000 entries stay under 1 MiB, so a Checkpoint (four JSON fields of 256 KiB each)
+# and a ModelVersion embedding it stay well under the 4 MiB message limit.
+MAX_RESOURCE_PATH_BYTES = 768 * 1024
 MAX_METADATA_KEYS_TO_REMOVE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -190,9 +194,23 @@ def metadata_keys(keys: Iterable[str]) -> list[str]:
     return result
 
 
+def resource_budget(count: int, path_bytes: int) -> None:
+    """A checkpoint's resources (given, or the files it stores) fit their caps: count and path bytes."""
+    if count > MAX_RESOURCES:
+        raise invalid(
+            "TOO_MANY_RESOURCES", f"a checkpoint has at most {MAX_RESOURCES} resources (files)", count=count, limit=MAX_RESOURCES
+        )
+    if path_bytes > MAX_RESOURCE_PATH_BYTES:
+        raise invalid(
+            "RESOURCES_TOO_LARGE",
+            f"the paths of a checkpoint's resources (files) total at most {MAX_RESOURCE_PATH_BYTES} bytes",
+            size=path_bytes,
+            limit=MAX_RESOURCE_PATH_BYTES,
+        )
+
+
 def resources(value: dict[str, int]) -> dict[str, int]:
-    if len(value) > MAX_RESOURCES:
-        raise invalid("TOO_MANY_RESOURCES", f"at most {MAX_RESOURCES} resources", count=len(value))
+    resource_budget(len(value), sum(len(path.encode()) for path in value))
     for path, size in value.items():
         text(path, "resources", MAX_TEXT_LENGTH)
         if not path or size < 0:
@@ -247,11 +265,20 @@ def request_id(value: str) -> str:
 
 MAX_FILE_PATH_BYTES = 1024
 MAX_PATH_COMPONENT_BYTES = 255  # what common filesystems allow for one name
+_NOT_ON_WINDOWS = re.compile(r'[<>:"|?*]')
+# Device names Windows reserves in every directory, with any extension ("con.txt" too).
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{port}{digit}" for port in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"
+}
 
 
-def file_path(value: str) -> str:
+def file_path(value: str, *, portable: bool = True) -> str:
     """A checkpoint file's path, confined to the checkpoint: relative, "/" between non-empty
-    components, none of them "." or "..", no backslash (a separator elsewhere) or control character."""
+    components, none of them "." or "..", no backslash (a separator elsewhere) or control character.
+    `portable` (every path a file is stored under) also refuses what no Windows client can write: the
+    characters < > : " | ? *, a component ending in "." or " " (Windows drops them), and device names
+    such as CON, NUL, COM1 or LPT1 (with any extension). Lookups of stored files skip those checks,
+    so files stored before they existed stay reachable."""
     problem = None
     components = value.split("/")
     if not value:
@@ -266,6 +293,12 @@ def file_path(value: str) -> str:
         problem = "must not have empty, '.' or '..' components"
     elif any(len(part.encode()) > MAX_PATH_COMPONENT_BYTES or part != part.strip() for part in components):
         problem = f"must have components of at most {MAX_PATH_COMPONENT_BYTES} bytes without surrounding whitespace"
+    elif portable and _NOT_ON_WINDOWS.search(value):
+        problem = 'must not contain < > : " | ? * (no Windows client can write them)'
+    elif portable and any(part.endswith(".") for part in components):
+        problem = "must not have components ending in '.' (Windows drops the dot)"
+    elif portable and any(part.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES for part in components):
+        problem = "must not use a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9...) as a component"
     if problem:
         raise invalid("INVALID_FILE_PATH", f"file path {problem}", path=value[:MAX_FILE_PATH_BYTES])
     return value

@@ -61,8 +61,8 @@ def test_round_trip_is_lossless(store: RegistryStore, tmp_path) -> None:
     before = snapshot(store)
     out = io.StringIO()
     counts = backup.export_registry(store, out)
-    assert counts == {"checkpoints": 2, "models": 2, "model_versions": 2, "model_aliases": 1, "alias_changes": 4,
-                      "events": counts["events"]} and counts["events"] >= 12
+    assert counts == {"checkpoints": 2, "checkpoint_files": 0, "models": 2, "model_versions": 2, "model_aliases": 1,
+                      "alias_changes": 4, "events": counts["events"]} and counts["events"] >= 12
 
     target_db = database.connect(f"sqlite:///{tmp_path}/imported.db")
     database.migrate(target_db)

@@ -27,11 +27,11 @@ from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 from registry_client import (
     CheckpointState,
+    DataLossError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     Registry,
-    UnavailableError,
 )
 from registry_client.cli import main
 from registry_client.errors import from_rpc_error
@@ -107,7 +107,7 @@ def test_round_trip_of_a_directory_tree(registry: Registry, tmp_path: Path, stor
     )
     assert checkpoint.state == CheckpointState.COMPLETED  # created ACTIVE, completed by the upload
     assert checkpoint.resources == {name: len(data) for name, data in files.items()}
-    assert checkpoint.storage_uri == (Path(storage_dir) / checkpoint.uuid).as_uri()
+    assert checkpoint.storage_uri == Path(storage_dir).as_uri()  # the storage root: files are blobs by digest
     assert registry.get_checkpoint(checkpoint.uuid).resources == checkpoint.resources
 
     # The seed's workflow: the latest version's checkpoint, downloaded and loaded.
@@ -379,8 +379,9 @@ def test_s3_round_trip(database_url: str, s3_endpoint: str, tmp_path: Path) -> N
         with Registry(f"127.0.0.1:{running.port}") as registry:
             files = {"model.pkl": pickle.dumps([1, 2, 3]), "shards/big.bin": os.urandom(10 * MiB + 3)}  # two parts
             checkpoint = registry.upload_checkpoint(make_tree(tmp_path / "source", files))
-            assert checkpoint.storage_uri == f"s3://{bucket}/registry/{checkpoint.uuid}"
-            assert keys() == [f"{bucket}/registry/{checkpoint.uuid}/{name}" for name in sorted(files)]
+            assert checkpoint.storage_uri == f"s3://{bucket}/registry"
+            digests = sorted(hashlib.sha256(data).hexdigest() for data in files.values())
+            assert keys() == [f"{bucket}/registry/blobs/{digest[:2]}/{digest}" for digest in digests]
             assert tree_of(checkpoint.download(tmp_path / "out")) == files
             assert checkpoint.load(tmp_path / "loaded") == [1, 2, 3]
 
@@ -404,7 +405,7 @@ def test_a_missing_filesystem_package_is_named(tmp_path: Path) -> None:
 
 def test_default_storage_dir_is_beside_the_sqlite_file(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path}/sub/registry.db")
-    assert storage.uri("u") == (tmp_path / "sub" / "registry-files" / "u").as_uri()
+    assert storage.uri() == (tmp_path / "sub" / "registry-files").as_uri()
 
 
 # Loading
@@ -498,14 +499,16 @@ def test_cli_shows_progress_on_a_terminal(registry_target: str, tmp_path: Path) 
     assert "3.00M/3.00M" in text and "B/s]" in text, text
 
 
-def test_a_file_lost_from_storage_is_unavailable_not_unknown(
+def test_a_file_lost_from_storage_is_data_loss_not_unknown(
     registry: Registry, tmp_path: Path, storage_dir: str
 ) -> None:
     checkpoint = registry.upload_checkpoint(make_tree(tmp_path / "source", {"a.txt": b"a"}))
-    (Path(storage_dir) / checkpoint.uuid / "a.txt").unlink()  # an operator's mistake, or a lost disk
-    with pytest.raises(UnavailableError) as lost:
+    digest = hashlib.sha256(b"a").hexdigest()
+    (Path(storage_dir) / "blobs" / digest[:2] / digest).unlink()  # an operator's mistake, or a lost disk
+    with pytest.raises(DataLossError) as lost:  # permanent: retrying (UNAVAILABLE) would not help
         checkpoint.download(tmp_path / "out")
-    assert lost.value.reason == "STORAGE_UNAVAILABLE"
+    assert lost.value.reason == "CHECKPOINT_FILE_MISSING"
+    assert lost.value.metadata["path"] == "a.txt"
     assert tree_of(tmp_path / "out") == {}  # no partial file left where the file should be
 
 
@@ -517,11 +520,12 @@ def test_fsspec_file_url_round_trip(registry_target: str, database_url: str, tmp
         with Registry(f"127.0.0.1:{running.port}") as registry, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             files = {"a/b.bin": os.urandom(MiB + 1), "c.txt": b"c"}
             checkpoint = registry.upload_checkpoint(make_tree(tmp_path / "source", files))
-            assert checkpoint.storage_uri == (root / checkpoint.uuid).as_uri()
+            assert checkpoint.storage_uri == root.as_uri()
             stub = pb_grpc.ModelRegistryServiceStub(channel)
             truncated = upload_messages(checkpoint.uuid, "d.bin", os.urandom(2 * MiB))[:-1]
             assert refusal(lambda: stub.UploadCheckpointFiles(iter(truncated), timeout=30))[1] == "FILE_SIZE_MISMATCH"
-            assert files_under(root) == sorted(f"{checkpoint.uuid}/{name}" for name in files)
+            digests = (hashlib.sha256(data).hexdigest() for data in files.values())
+            assert files_under(root) == sorted(f"blobs/{digest[:2]}/{digest}" for digest in digests)
             assert tree_of(checkpoint.download(tmp_path / "out")) == files
             checkpoint.delete()
             assert files_under(root) == []

@@ -115,7 +115,10 @@ class Checkpoint(_message.Message):
     state: Global___CheckpointState.ValueType
     """Lifecycle state of the checkpoint."""
     storage_uri: _builtins.str
-    """Where the checkpoint's files are stored, e.g. "s3://bucket/prefix/uuid"."""
+    """Where the checkpoint's files are stored. For files stored through the registry, the root of its
+    content-addressed storage, e.g. "s3://bucket/prefix": a file with SHA-256 d is the blob
+    <storage_uri>/blobs/<first two digits of d>/<d>.
+    """
     owner: _builtins.str
     """Principal that recorded the checkpoint (output only): it, or an admin, may upload its files and
     delete it. Empty when the server does not authenticate callers.
@@ -132,7 +135,9 @@ class Checkpoint(_message.Message):
 
     @_builtins.property
     def resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Files of the checkpoint: path relative to the checkpoint -> size in bytes."""
+        """Files of the checkpoint: path relative to the checkpoint -> size in bytes. At most 10,000
+        entries whose paths total at most 768 KiB (TOO_MANY_RESOURCES, RESOURCES_TOO_LARGE).
+        """
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
@@ -186,7 +191,9 @@ class CheckpointFile(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path of the file relative to the checkpoint, "/" between components, e.g. "model/weights.pt". No
-    leading "/", no empty, "." or ".." component, no backslash or control character.
+    leading "/", no empty, "." or ".." component, no backslash or control character; nothing a
+    Windows client cannot write either: none of < > : " | ? *, no component ending in "." and no
+    device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9, with any extension) as a component.
     """
     size: _builtins.int
     """Size of the file in bytes: exactly this many bytes of chunks follow the header."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelregistry/v1/event.proto\x12\x10modelregistry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12)\n\x04kind\x18\x04 \x01(\x0e\x32\x1b.modelregistry.v1.EventKind\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12\x18\n\x10previous_version\x18\x08 \x01(\x05\x12\x17\n\x0f\x63heckpoint_uuid\x18\t \x01(\t\x12\x16\n\x0enew_model_name\x18\n \x01(\t*\xcf\x03\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45VENT_KIND_MODEL_CREATED\x10\x01\x12\x1c\n\x18\x45VENT_KIND_MODEL_UPDATED\x10\x02\x12\x1c\n\x18\x45VENT_KIND_MODEL_RENAMED\x10\x03\x12\x1d\n\x19\x45VENT_KIND_MODEL_ARCHIVED\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_MODEL_UNARCHIVED\x10\x05\x12\x1c\n\x18\x45VENT_KIND_MODEL_DELETED\x10\x06\x12$\n EVENT_KIND_MODEL_VERSION_CREATED\x10\x07\x12$\n EVENT_KIND_MODEL_VERSION_UPDATED\x10\x08\x12$\n EVENT_KIND_MODEL_VERSION_DELETED\x10\t\x12!\n\x1d\x45VENT_KIND_CHECKPOINT_CREATED\x10\n\x12!\n\x1d\x45VENT_KIND_CHECKPOINT_DELETED\x10\x0b\x12\x18\n\x14\x45VENT_KIND_ALIAS_SET\x10\x0c\x12\x1c\n\x18\x45VENT_KIND_ALIAS_DELETED\x10\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelregistry/v1/event.proto\x12\x10modelregistry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12)\n\x04kind\x18\x04 \x01(\x0e\x32\x1b.modelregistry.v1.EventKind\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12\x18\n\x10previous_version\x18\x08 \x01(\x05\x12\x17\n\x0f\x63heckpoint_uuid\x18\t \x01(\t\x12\x16\n\x0enew_model_name\x18\n \x01(\t*\xf9\x03\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45VENT_KIND_MODEL_CREATED\x10\x01\x12\x1c\n\x18\x45VENT_KIND_MODEL_UPDATED\x10\x02\x12\x1c\n\x18\x45VENT_KIND_MODEL_RENAMED\x10\x03\x12\x1d\n\x19\x45VENT_KIND_MODEL_ARCHIVED\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_MODEL_UNARCHIVED\x10\x05\x12\x1c\n\x18\x45VENT_KIND_MODEL_DELETED\x10\x06\x12$\n EVENT_KIND_MODEL_VERSION_CREATED\x10\x07\x12$\n EVENT_KIND_MODEL_VERSION_UPDATED\x10\x08\x12$\n EVENT_KIND_MODEL_VERSION_DELETED\x10\t\x12!\n\x1d\x45VENT_KIND_CHECKPOINT_CREATED\x10\n\x12!\n\x1d\x45VENT_KIND_CHECKPOINT_DELETED\x10\x0b\x12\x18\n\x14\x45VENT_KIND_ALIAS_SET\x10\x0c\x12\x1c\n\x18\x45VENT_KIND_ALIAS_DELETED\x10\r\x12(\n$EVENT_KIND_CHECKPOINT_FILES_UPLOADED\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelregistry.v1.event_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTKIND']._serialized_start=343
-  _globals['_EVENTKIND']._serialized_end=806
+  _globals['_EVENTKIND']._serialized_end=848
   _globals['_EVENT']._serialized_start=84
   _globals['_EVENT']._serialized_end=340
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """An alias was set or moved to version; previous_version is where it pointed before (0: nowhere)."""
     EVENT_KIND_ALIAS_DELETED: _EventKind.ValueType  # 13
     """An alias was removed; previous_version is where it pointed."""
+    EVENT_KIND_CHECKPOINT_FILES_UPLOADED: _EventKind.ValueType  # 14
+    """Files were uploaded to a checkpoint (added, or replacing files of the same paths); checkpoint_uuid
+    names it. Committed with the files: a watcher that sees it can download them.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind is what a mutation of the registry did."""
@@ -84,6 +88,10 @@ EVENT_KIND_ALIAS_SET: EventKind.ValueType  # 12
 """An alias was set or moved to version; previous_version is where it pointed before (0: nowhere)."""
 EVENT_KIND_ALIAS_DELETED: EventKind.ValueType  # 13
 """An alias was removed; previous_version is where it pointed."""
+EVENT_KIND_CHECKPOINT_FILES_UPLOADED: EventKind.ValueType  # 14
+"""Files were uploaded to a checkpoint (added, or replacing files of the same paths); checkpoint_uuid
+names it. Committed with the files: a watcher that sees it can download them.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final

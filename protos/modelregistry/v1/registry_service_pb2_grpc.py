@@ -341,11 +341,14 @@ class ModelRegistryServiceServicer:
     def UploadCheckpointFiles(self, request_iterator, context):
         """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
         CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
-        visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
-        failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
-        path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
-        COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
-        do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+        visible only when the whole call succeeds, each after its size and SHA-256 digest checked out, all
+        at once, with an event CHECKPOINT_FILES_UPLOADED; a failed or interrupted call (or a server that
+        dies) changes nothing and can be repeated. A file replaces one of the same path. resources and
+        storage_uri then describe what is stored, and an ACTIVE checkpoint becomes COMPLETED.
+        INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that do not match
+        their header; FAILED_PRECONDITION for a path that conflicts with a stored one (FILE_PATH_CONFLICT)
+        or once a model version uses the checkpoint (CHECKPOINT_IN_USE); RESOURCE_EXHAUSTED for more bytes
+        than the server takes in one upload (UPLOAD_TOO_LARGE) or a full storage (STORAGE_FULL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -353,7 +356,9 @@ class ModelRegistryServiceServicer:
 
     def DownloadCheckpointFiles(self, request, context):
         """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
-        chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
+        chunks of at most 1 MiB. The files are those recorded when the call starts, whatever uploads do
+        meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
+        (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

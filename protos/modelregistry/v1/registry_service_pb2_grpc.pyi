@@ -97,15 +97,20 @@ class ModelRegistryServiceStub:
     UploadCheckpointFiles: _grpc.StreamUnaryMultiCallable[_registry_service_pb2.UploadCheckpointFilesRequest, _registry_service_pb2.UploadCheckpointFilesResponse]
     """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
     CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
-    visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
-    failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
-    path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
-    COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
-    do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+    visible only when the whole call succeeds, each after its size and SHA-256 digest checked out, all
+    at once, with an event CHECKPOINT_FILES_UPLOADED; a failed or interrupted call (or a server that
+    dies) changes nothing and can be repeated. A file replaces one of the same path. resources and
+    storage_uri then describe what is stored, and an ACTIVE checkpoint becomes COMPLETED.
+    INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that do not match
+    their header; FAILED_PRECONDITION for a path that conflicts with a stored one (FILE_PATH_CONFLICT)
+    or once a model version uses the checkpoint (CHECKPOINT_IN_USE); RESOURCE_EXHAUSTED for more bytes
+    than the server takes in one upload (UPLOAD_TOO_LARGE) or a full storage (STORAGE_FULL).
     """
     DownloadCheckpointFiles: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.DownloadCheckpointFilesRequest, _registry_service_pb2.DownloadCheckpointFilesResponse]
     """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
-    chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
+    chunks of at most 1 MiB. The files are those recorded when the call starts, whatever uploads do
+    meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
+    (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
     """
 
 @_typing.type_check_only
@@ -177,15 +182,20 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     UploadCheckpointFiles: _aio.StreamUnaryMultiCallable[_registry_service_pb2.UploadCheckpointFilesRequest, _registry_service_pb2.UploadCheckpointFilesResponse]  # type: ignore[assignment]
     """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
     CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
-    visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
-    failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
-    path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
-    COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
-    do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+    visible only when the whole call succeeds, each after its size and SHA-256 digest checked out, all
+    at once, with an event CHECKPOINT_FILES_UPLOADED; a failed or interrupted call (or a server that
+    dies) changes nothing and can be repeated. A file replaces one of the same path. resources and
+    storage_uri then describe what is stored, and an ACTIVE checkpoint becomes COMPLETED.
+    INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that do not match
+    their header; FAILED_PRECONDITION for a path that conflicts with a stored one (FILE_PATH_CONFLICT)
+    or once a model version uses the checkpoint (CHECKPOINT_IN_USE); RESOURCE_EXHAUSTED for more bytes
+    than the server takes in one upload (UPLOAD_TOO_LARGE) or a full storage (STORAGE_FULL).
     """
     DownloadCheckpointFiles: _aio.UnaryStreamMultiCallable[_registry_service_pb2.DownloadCheckpointFilesRequest, _registry_service_pb2.DownloadCheckpointFilesResponse]  # type: ignore[assignment]
     """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
-    chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
+    chunks of at most 1 MiB. The files are those recorded when the call starts, whatever uploads do
+    meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
+    (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
     """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -398,11 +408,14 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_service_pb2.UploadCheckpointFilesResponse, _abc.Awaitable[_registry_service_pb2.UploadCheckpointFilesResponse]]:
         """Stores files of a checkpoint. The client streams the checkpoint's uuid first, then for each file a
         CheckpointFile header followed by the file's bytes in chunks of at most 1 MiB. Files become
-        visible only when the whole call succeeds, each after its size and SHA-256 digest checked out; a
-        failed or interrupted call stores nothing and can be repeated. A file replaces one of the same
-        path. resources and storage_uri then describe what is stored, and an ACTIVE checkpoint becomes
-        COMPLETED. INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that
-        do not match their header; FAILED_PRECONDITION (CHECKPOINT_IN_USE) once a model version uses it.
+        visible only when the whole call succeeds, each after its size and SHA-256 digest checked out, all
+        at once, with an event CHECKPOINT_FILES_UPLOADED; a failed or interrupted call (or a server that
+        dies) changes nothing and can be repeated. A file replaces one of the same path. resources and
+        storage_uri then describe what is stored, and an ACTIVE checkpoint becomes COMPLETED.
+        INVALID_ARGUMENT for a path outside the checkpoint (INVALID_FILE_PATH) or bytes that do not match
+        their header; FAILED_PRECONDITION for a path that conflicts with a stored one (FILE_PATH_CONFLICT)
+        or once a model version uses the checkpoint (CHECKPOINT_IN_USE); RESOURCE_EXHAUSTED for more bytes
+        than the server takes in one upload (UPLOAD_TOO_LARGE) or a full storage (STORAGE_FULL).
         """
 
     @_abc_1.abstractmethod
@@ -412,7 +425,9 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.DownloadCheckpointFilesResponse], _abc.AsyncIterator[_registry_service_pb2.DownloadCheckpointFilesResponse]]:
         """Streams stored files of a checkpoint: for each file a CheckpointFile header, then its bytes in
-        chunks of at most 1 MiB. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored.
+        chunks of at most 1 MiB. The files are those recorded when the call starts, whatever uploads do
+        meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
+        (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
         """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
