@@ -9,7 +9,8 @@ import peewee as pw
 
 from registry_server import db as database
 from registry_server.validation import name_key
-from registry_server.store import STATE_COMPLETED, now_us
+from modelregistry.v1.checkpoint_pb2 import CHECKPOINT_STATE_COMPLETED as STATE_COMPLETED
+from registry_server.tables import now_us
 from registry_server.tables import Checkpoint, Model, ModelVersion
 
 CHUNK = 2000

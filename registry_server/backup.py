@@ -91,7 +91,7 @@ def import_registry(store: RegistryStore, source: IO[str]) -> dict[str, int]:
 
 
 def _load(store: RegistryStore, data: dict[str, Any]) -> dict[str, int]:
-    with store._write():
+    with store.tx.write():
         if Model.select().exists() or Checkpoint.select().exists() or Event.select().exists():
             raise FailedPrecondition("REGISTRY_NOT_EMPTY", "import loads into an empty registry only")
         checkpoints = [dict(row) for row in data["checkpoints"]]

@@ -10,10 +10,12 @@ from typing import Iterable, Iterator
 
 import peewee as pw
 
+from modelregistry.v1 import checkpoint_pb2, event_pb2
+
 from . import validation
 from .errors import Aborted, FailedPrecondition, NotFound, checkpoint_not_found, invalid
-from .store import STATE_ACTIVE, STATE_COMPLETED, EventKind, RegistryStore, _checkpoint_uuid, _refuse_in_use, now_us
-from .tables import BlobHold, Checkpoint, CheckpointFile
+from .store import RegistryStore, _checkpoint_uuid, _refuse_in_use
+from .tables import BlobHold, Checkpoint, CheckpointFile, now_us
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class CheckpointFileStore:
 
     def _must_own(self, checkpoint: Checkpoint) -> None:
         """A checkpoint's files are uploaded by its owner or an admin."""
-        self.store._must_own(f"upload files to checkpoint {checkpoint.uuid!r}", checkpoint, checkpoint_uuid=checkpoint.uuid)
+        self.store.must_own(f"upload files to checkpoint {checkpoint.uuid!r}", checkpoint, checkpoint_uuid=checkpoint.uuid)
 
     def hold(self, upload: str, digests: set[str]) -> None:
         """Records that `upload` is about to place and record these blobs (committed before it
@@ -80,7 +82,7 @@ class CheckpointFileStore:
             BlobHold.insert_many([{"upload": upload, "sha256": d, "creation_time": now} for d in batch]).sql()
             for batch in _batches(sorted(digests))
         ]
-        with self.store._write():
+        with self.store.tx.write():
             for sql, params in inserts:
                 self.db.execute_sql(sql, params)
 
@@ -118,7 +120,7 @@ class CheckpointFileStore:
             for batch in _batches(rows)
         ]
         started = time.perf_counter()
-        with self.store._write():
+        with self.store.tx.write():
             query = Checkpoint.update(storage_uri=storage_uri).where(Checkpoint.uuid == uuid).returning(Checkpoint)
             checkpoint = next(iter(query.execute()), None)
             if checkpoint is None or checkpoint.id != checkpoint_id:
@@ -143,12 +145,12 @@ class CheckpointFileStore:
             for sql, params in upserts:
                 self.db.execute_sql(sql, params)
             checkpoint.resources = {path: size for path, (size, _) in sorted(merged.items())}
-            if checkpoint.state == STATE_ACTIVE:
-                checkpoint.state = STATE_COMPLETED
+            if checkpoint.state == checkpoint_pb2.CHECKPOINT_STATE_ACTIVE:
+                checkpoint.state = checkpoint_pb2.CHECKPOINT_STATE_COMPLETED
             Checkpoint.update(resources=checkpoint.resources, state=checkpoint.state).where(
                 Checkpoint.id == checkpoint.id
             ).execute()
-            self.store._event(EventKind.CHECKPOINT_FILES_UPLOADED, checkpoint_uuid=checkpoint.uuid)
+            self.store.tx.event(event_pb2.EVENT_KIND_CHECKPOINT_FILES_UPLOADED, checkpoint_uuid=checkpoint.uuid)
         log.debug(
             "recorded %d files of checkpoint %s in a transaction of %.1f ms",
             len(files), uuid, (time.perf_counter() - started) * 1000,

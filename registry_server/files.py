@@ -49,7 +49,8 @@ from . import validation
 from .checkpoint_files import CheckpointFileStore, ancestors, conflict_error
 from .errors import Aborted, DataLoss, ResourceExhausted, invalid
 from .storage import PendingFile, Storage, is_digest
-from .store import RegistryStore, now_us
+from .store import RegistryStore
+from .tables import now_us
 from .tables import Checkpoint
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from modelregistry.v1 import registry_service_pb2 as pb
 
 from . import auth, budget, contract, errors
-from .servicer import STATUS_CODES, rich_status
+from .status import STATUS_CODES, rich_status
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("registry_server.audit")

@@ -24,7 +24,7 @@ from . import auth, server
 from . import db as database
 from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .server import TlsFiles, build_server
-from .servicer import WATCH_POLL_INTERVAL_S
+from .events import WATCH_POLL_INTERVAL_S
 from .storage import open_storage
 
 log = logging.getLogger("registry_server")

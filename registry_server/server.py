@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +21,10 @@ from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthServicer
 from .interceptor import RegistryInterceptor
 from .files import DEFAULT_MAX_UPLOAD_BYTES
-from .servicer import WATCH_POLL_INTERVAL_S, ModelRegistryServicer
+from .events import WATCH_POLL_INTERVAL_S, EventLog
+from .servicer import ModelRegistryServicer
 from .storage import Storage, open_storage
-from .store import EVENTS_CHANNEL, RegistryStore
+from .store import RegistryStore
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class RegistryServer:
         self._stopping = threading.Event()
         self._serving: bool | None = None
         self._watcher = threading.Thread(target=self._watch_database, name="health", daemon=True)
-        self._listener = threading.Thread(target=self._listen_for_events, name="listen", daemon=True)
+        self._listener = threading.Thread(target=servicer.store.events.listen, name="listen", daemon=True)
 
     def _watch_database(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached, SERVING once it answers."""
@@ -87,36 +86,11 @@ class RegistryServer:
                 self.sweep_storage()
             self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
 
-    def _listen_for_events(self) -> None:
-        """PostgreSQL: wakes this server's watch streams as soon as any replica commits events (NOTIFY
-        is delivered at commit). Only a shortcut: the streams poll anyway, so a lost connection here
-        delays them by at most their poll interval and loses nothing."""
-        import psycopg2  # PostgreSQL only
-
-        while not self._stopping.is_set():
-            connection = None
-            try:
-                connection = psycopg2.connect(database=self.db.database, **self.db.connect_params)
-                connection.autocommit = True
-                connection.cursor().execute(f"LISTEN {EVENTS_CHANNEL}")
-                while not self._stopping.is_set():
-                    if select.select([connection], [], [], 1.0)[0]:
-                        connection.poll()
-                        if connection.notifies:
-                            connection.notifies.clear()
-                            self.servicer.wake_watchers()
-            except (psycopg2.Error, OSError) as error:
-                log.warning("not listening for other replicas' events (watchers poll meanwhile): %s", error)
-                self._stopping.wait(HEALTH_PROBE_INTERVAL_S)
-            finally:
-                if connection is not None:
-                    connection.close()
-
     def _purge_request_records(self) -> None:
         """Forgets request_ids past their retention (every replica may do it; deleting twice is harmless)."""
         try:
             with self.db.connection_context():
-                purged = self.servicer.store.purge_request_records()
+                purged = self.servicer.store.tx.purge_request_records()
             self._purged_at = time.monotonic()
             if purged:
                 log.info("forgot %d request ids past their retention", purged)
@@ -160,7 +134,7 @@ class RegistryServer:
         """Stops taking calls, lets those in flight finish for up to `grace` seconds, closes the database."""
         self._stopping.set()
         self.health.enter_graceful_shutdown()
-        self.servicer.stop_watchers()
+        self.servicer.store.events.stop()
         self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
         self.calls.shutdown()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
@@ -248,7 +222,7 @@ def build_server(
         options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
     servicer = ModelRegistryServicer(
-        RegistryStore(db), storage, watch_poll_interval=watch_poll_interval, max_upload_bytes=max_upload_bytes
+        RegistryStore(db, EventLog(db, watch_poll_interval)), storage, max_upload_bytes=max_upload_bytes
     )
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
     health_servicer = HealthServicer()

@@ -4,54 +4,31 @@ status codes in one place (`_rpc`)."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import inspect
 import logging
-import threading
 from typing import Any, Callable, Iterator
 
 import grpc
 import peewee as pw
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import auth, convert, errors, paging, validation
-from . import db as database
+from . import auth, convert, errors, paging, status, validation
 from .errors import invalid
 from .files import DEFAULT_MAX_UPLOAD_BYTES, CheckpointFiles
 from .storage import Storage
-from .store import MODEL_FIELDS, VERSION_FIELDS, CheckpointQuery, ModelQuery, RegistryStore, RequestKey
+from .store import MODEL_FIELDS, VERSION_FIELDS, CheckpointQuery, ModelQuery, RegistryStore
+from .transactions import RequestKey
 
 log = logging.getLogger(__name__)
 
-ERROR_DOMAIN = "modelregistry.v1"
-STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
-    errors.Internal: grpc.StatusCode.INTERNAL,
-}
 # A page of a List* answer stops before its items exceed this many bytes (with a next_page_token),
 # though it always holds one item: the field limits keep any one item well under gRPC's 4 MiB.
 PAGE_BYTES = 2 * 1024 * 1024
-# WatchEvents: how often a stream looks for events committed through other replicas (its own
-# server's commits wake it at once), and how many events it reads per query.
-WATCH_POLL_INTERVAL_S = 0.5
-WATCH_BATCH = 500
 SORT_KEYS = {
     model_pb2.MODEL_SORT_BY_UNSPECIFIED: "name",
     model_pb2.MODEL_SORT_BY_NAME: "name",
@@ -60,67 +37,6 @@ SORT_KEYS = {
     model_pb2.MODEL_SORT_BY_LAST_UPDATED_TIME: "last_updated_time",
     model_pb2.MODEL_SORT_BY_NUM_VERSIONS: "num_versions",
 }
-
-
-def _database_error(error: pw.PeeweeException) -> errors.RegistryError:
-    """What a database failure means to the caller. Only faults of the database itself (unreachable,
-    locked, restarted) are UNAVAILABLE; a conflict between transactions is ABORTED."""
-    if isinstance(error, pw.IntegrityError):
-        return errors.Aborted("TRANSACTION_CONFLICT", "the request conflicted with another one; retry it")
-    if isinstance(error, pw.DataError):
-        return invalid("VALUE_REFUSED_BY_DATABASE", "a value of the request is out of the database's range")
-    if "locked" in str(error) or "busy" in str(error):
-        return errors.Unavailable("DATABASE_BUSY", "the registry's database is busy; retry later")
-    return errors.Unavailable("DATABASE_UNAVAILABLE", "the registry's database is unavailable; retry later")
-
-
-def rich_status(error: errors.RegistryError) -> grpc.Status:
-    """The status of a refusal: its code, message, and an ErrorInfo detail in the trailing metadata."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    code = STATUS_CODES[type(error)]
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=error.message, details=[detail]))
-
-
-def _abort(context: grpc.ServicerContext, error: errors.RegistryError) -> None:
-    status = rich_status(error)
-    context.set_code(status.code)
-    context.set_details(status.details)
-    context.set_trailing_metadata(status.trailing_metadata)
-
-
-def _storage_error(error: OSError) -> errors.RegistryError:
-    """What a failure of the file storage means to the caller: full, or unavailable for now."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return errors.ResourceExhausted("STORAGE_FULL", "the registry's file storage is full")
-    return errors.Unavailable("STORAGE_UNAVAILABLE", "the registry's file storage failed; retry later")
-
-
-def _refusal(db: pw.Database, rpc: str, error: Exception) -> errors.RegistryError:
-    """The registry error to answer with, for a refusal, a database failure or a storage failure."""
-    if isinstance(error, errors.RegistryError):
-        return error
-    if isinstance(error, OSError):
-        log.warning("%s: storage error: %s", rpc, error)
-        return _storage_error(error)
-    log.warning("%s: database error: %s", rpc, error)
-    if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
-        database.discard_idle_connections(db)
-    return _database_error(error)
-
-
-@contextlib.contextmanager
-def _refusals(db: pw.Database, context: grpc.ServicerContext, rpc: str) -> Iterator[None]:
-    """Turns every refusal into a status with an ErrorInfo detail, in one place. (abort_with_status
-    would end the call UNKNOWN under grpcio-testing.)"""
-    try:
-        yield
-    except (errors.RegistryError, pw.PeeweeException, OSError) as error:
-        _abort(context, _refusal(db, rpc, error))
-    except Exception:  # a bug: its text (SQL, paths, values) is for the log, never for the caller
-        log.exception("%s failed", rpc)
-        _abort(context, errors.Internal("INTERNAL_ERROR", "the server failed on this request; the failure is logged"))
 
 
 def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callable[..., Any]:
@@ -132,7 +48,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
 
         @functools.wraps(method)
         def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with _refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
+            with status.refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
                 validation.check_request(request)
                 yield from method(self, request, context)
 
@@ -141,7 +57,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
 
     @functools.wraps(method)
     def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        with _refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
+        with status.refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
             if isinstance(request, Message):  # a client stream is checked message by message
                 validation.check_request(request)
             with self.store.db.connection_context() if hold_connection else contextlib.nullcontext():
@@ -220,33 +136,10 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     """ModelRegistryService over a RegistryStore."""
 
     def __init__(
-        self,
-        store: RegistryStore,
-        storage: Storage,
-        *,
-        watch_poll_interval: float = WATCH_POLL_INTERVAL_S,
-        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        self, store: RegistryStore, storage: Storage, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     ) -> None:
         self.store = store
         self.files = CheckpointFiles(store, storage, max_upload_bytes)
-        self.watch_poll_interval = watch_poll_interval
-        self._stopping = threading.Event()
-        self._changed = threading.Condition()
-        self._generation = 0  # bumped on every wake-up, so that none is missed between query and wait
-        store.on_events.append(self.wake_watchers)
-
-    def wake_watchers(self) -> None:
-        """Makes every waiting stream look for new events now."""
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
-
-    def stop_watchers(self) -> None:
-        """Ends every WatchEvents stream (UNAVAILABLE, SERVER_STOPPING), so that a stopping server
-        does not wait out its grace period for streams that never finish."""
-        self._stopping.set()
-        self.wake_watchers()
-
 
     # Models
 
@@ -440,9 +333,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self, request: pb.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchEventsResponse]:
         """Stored events after after_sequence, then new ones, until the client cancels or the server
-        stops. Reading `sequence > last sent` in order is gap-free because sequence numbers become
-        visible in commit order (store._append_events); commits through this server wake the stream
-        at once, those through other replicas are found by polling."""
+        stops (events.EventLog.follow)."""
         kind_numbers = event_pb2.EventKind.values()[1:]
         try:
             validation.check_request(request)
@@ -453,27 +344,19 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             if request.after_sequence < 0:
                 raise invalid("INVALID_SEQUENCE", "after_sequence must not be negative", after_sequence=request.after_sequence)
         except errors.RegistryError as error:
-            _abort(context, error)
+            status.abort(context, error)
             return
+        log = self.store.events
         try:
-            context.add_callback(self.wake_watchers)  # a cancelled stream stops waiting at once
-            after = request.after_sequence
-            while context.is_active() and not self._stopping.is_set():
-                generation = self._generation
-                with self.store.db.connection_context():
-                    rows, next_after = self.store.events_after(after, names, kinds, WATCH_BATCH)
-                for row in rows:
-                    yield pb.WatchEventsResponse(event=convert.event(row))
-                after = next_after
-                if len(rows) < WATCH_BATCH:
-                    if request.stop_at_end:
-                        return  # caught up with what is stored (the finally releases the slot)
-                    with self._changed:
-                        self._changed.wait_for(lambda: self._generation != generation, self.watch_poll_interval)
-            if self._stopping.is_set():
-                _abort(context, errors.Unavailable("SERVER_STOPPING", "the server is stopping; resume the watch"))
+            context.add_callback(log.committed)  # a cancelled stream stops waiting at once
+            followed = log.follow(request.after_sequence, names, kinds, context.is_active, stop_at_end=request.stop_at_end)
+            for row in followed:
+                yield pb.WatchEventsResponse(event=convert.event(row))
+            if log.stopped:
+                status.abort(context, errors.Unavailable("SERVER_STOPPING", "the server is stopping; resume the watch"))
         except pw.PeeweeException as error:
-            _abort(context, _refusal(self.store.db, "WatchEvents", error))
+            status.abort(context, status.refusal(self.store.db, "WatchEvents", error))
+
     # Checkpoint files
 
     @_transfer

@@ -3,22 +3,23 @@ values and table rows, and raises the domain errors of `errors`."""
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import hashlib
 import math
-import threading
-import time
 import unicodedata
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import peewee as pw
 
+from modelregistry.v1 import checkpoint_pb2 as cp
+from modelregistry.v1 import event_pb2 as ev
+
 from . import paging, validation
-from .prepared import PreparedQuery, param
 from .db import is_sqlite
+from .events import EventLog
+from .prepared import PreparedQuery, param
+from .transactions import RequestKey, Transactions
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -32,20 +33,14 @@ from .errors import (
 from .tables import (
     AliasChange,
     Checkpoint,
-    Event,
-    EventCounter,
     Model,
     ModelAlias,
     ModelCount,
     ModelLabel,
     ModelVersion,
     RegistrySecret,
-    RequestRecord,
+    now_us,
 )
-
-# Checkpoint states, as numbered in checkpoint.proto (the store keeps the numbers, not the names).
-STATE_UNSPECIFIED, STATE_ACTIVE, STATE_COMPLETED = 0, 1, 2
-KNOWN_STATES = range(1, 6)
 
 MODEL_SORT_KEYS = {
     "name": Model.name,
@@ -56,54 +51,6 @@ MODEL_SORT_KEYS = {
 }
 MODEL_FIELDS = ("description", "metadata", "labels", "notes", "editors")
 VERSION_FIELDS = ("name", "comment", "labels", "metadata", "notes")
-# PostgreSQL channel notified (at commit) of every transaction that appended events.
-EVENTS_CHANNEL = "model_registry_events"
-# A request_id is remembered at least this long; purge_request_records forgets older ones.
-REQUEST_ID_RETENTION_S = 24 * 3600
-
-
-class EventKind(enum.IntEnum):
-    """Kinds of events, numbered as EventKind in event.proto."""
-
-    MODEL_CREATED = 1
-    MODEL_UPDATED = 2
-    MODEL_RENAMED = 3
-    MODEL_ARCHIVED = 4
-    MODEL_UNARCHIVED = 5
-    MODEL_DELETED = 6
-    MODEL_VERSION_CREATED = 7
-    MODEL_VERSION_UPDATED = 8
-    MODEL_VERSION_DELETED = 9
-    CHECKPOINT_CREATED = 10
-    CHECKPOINT_DELETED = 11
-    ALIAS_SET = 12
-    ALIAS_DELETED = 13
-    CHECKPOINT_FILES_UPLOADED = 14
-
-
-@dataclass(frozen=True)
-class RequestKey:
-    """What makes a create idempotent: the caller's request_id, and a fingerprint of the rest of the
-    request (with the method), so that a reused request_id on a different request is told apart."""
-
-    request_id: str
-    method: str
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who is writing: the principal recorded as owner and in events, and whether it is an admin."""
-
-    name: str
-    admin: bool
-
-
-_ADMIN = Actor("", True)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -140,18 +87,13 @@ def _after(columns: list[Any], values: list[Any], descending: bool) -> pw.Expres
 class RegistryStore:
     """The registry's data, on one peewee database (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(self, db: pw.Database, events: EventLog | None = None) -> None:
         self.db = db
         self._sqlite = is_sqlite(db)
         self._tokens: paging.PageTokens | None = None
-        # Per thread: the principal of the call being served, and the events of the open write.
-        self._local = threading.local()
-        # Called after every commit that appended events (the server wakes its watchers early).
-        self.on_events: list[Callable[[], None]] = []
-        # SQLite takes one writer at a time, and a writer that finds the lock taken polls for it with
-        # sleeps of up to 100 ms (busy_timeout): at 16 writes in flight that cut throughput ~5-fold.
-        # Writers of this process queue on a lock instead; other processes still meet busy_timeout.
-        self._write_lock = threading.Lock() if self._sqlite else contextlib.nullcontext()
+        self.events = events if events is not None else EventLog(db)
+        self.tx = Transactions(db, self.events)
+        self.acting_as = self.tx.acting_as
         # The hot reads, built once (see prepared.py); the tables must be bound to `db` already.
         self._model_by_name = PreparedQuery(Model.select().where(Model.name == param("name")).limit(1))
         versions = self._versions().where(Model.name == param("model_name"))
@@ -168,25 +110,10 @@ class RegistryStore:
             self._tokens = paging.PageTokens(bytes.fromhex(key))
         return self._tokens
 
-    @contextlib.contextmanager
-    def acting_as(self, principal: str, admin: bool = True) -> Iterator[None]:
-        """Attributes what this thread writes, until the block ends, to `principal`, and checks its
-        changes against ownership unless it is an `admin` (as everyone is on servers without tokens,
-        and direct users of the store)."""
-        previous = getattr(self._local, "actor", None)
-        self._local.actor = Actor(principal, admin)
-        try:
-            yield
-        finally:
-            self._local.actor = previous
-
-    def _actor(self) -> Actor:
-        return getattr(self._local, "actor", None) or _ADMIN
-
     def _may_change(self, model: Model, version: ModelVersion | None = None) -> None:
         """Changes to a model, its versions and aliases are for its owner, the editors it names, and
         admins; changes to one version also for that version's owner."""
-        actor = self._actor()
+        actor = self.tx.actor()
         owners = (model.owner, version.owner if version is not None else None)
         if not (actor.admin or actor.name in owners or actor.name in model.editors):
             raise PermissionDenied(
@@ -198,10 +125,10 @@ class RegistryStore:
                 model_name=model.name,
             )
 
-    def _must_own(self, what: str, *rows: Model | ModelVersion | Checkpoint, **names: object) -> None:
+    def must_own(self, what: str, *rows: Model | ModelVersion | Checkpoint, **names: object) -> None:
         """Deleting, renaming, archiving, naming editors, uploading files: for an owner of one of
         `rows` (e.g. a version or its model), or an admin."""
-        actor = self._actor()
+        actor = self.tx.actor()
         if not (actor.admin or actor.name in {row.owner for row in rows}):
             raise PermissionDenied(
                 "NOT_OWNER",
@@ -210,142 +137,6 @@ class RegistryStore:
                 owner=rows[0].owner,
                 **names,
             )
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[None]:
-        """A write transaction; the events recorded in it (`_event`) are appended just before it commits.
-        On SQLite it takes the write lock at BEGIN, so that two writers never read the same state and
-        then collide on upgrading their locks."""
-        assert getattr(self._local, "events", None) is None, "write transactions do not nest"
-        self._local.events = events = []
-        try:
-            with self._write_lock, self.db.atomic(**({"lock_type": "IMMEDIATE"} if self._sqlite else {})):
-                yield
-                self._append_events(events)
-        finally:
-            self._local.events = None
-        if events:
-            for listener in self.on_events:
-                listener()
-
-    def _event(self, kind: EventKind, model_name: str = "", **fields: Any) -> None:
-        """Records an event of the open write transaction; it is stored with it or not at all."""
-        self._local.events.append({"kind": int(kind), "model_name": model_name, **fields})
-
-    def _append_events(self, events: list[dict[str, Any]]) -> None:
-        """Numbers and stores the events of a transaction, as its LAST statements before COMMIT.
-
-        Why a watcher that has read every event up to N never misses one numbered below a later one:
-        the numbers come from one counter row, bumped here by an UPDATE that locks the row until the
-        transaction ends. A second transaction reaching this point waits for the first to commit (or
-        roll back, which gives its numbers back) and then reads the committed counter (PostgreSQL's
-        READ COMMITTED re-reads a row it waited for). So numbers are taken in commit order, and since
-        the row lock is released only after the commit is visible, a reader that sees N+1 already sees
-        every number up to N: no gap, ever, in what a reader sees. SQLite serialises writers at BEGIN
-        IMMEDIATE, which gives the same order. The lock is held only from here to COMMIT, and always
-        taken last, so it cannot deadlock with the row locks taken before it."""
-        if not events:
-            return
-        query = (
-            EventCounter.update(last_sequence=EventCounter.last_sequence + len(events))
-            .where(EventCounter.id == 1)
-            .returning(EventCounter.last_sequence)
-        )
-        last = next(iter(query.execute())).last_sequence
-        now = now_us()
-        principal = self._actor().name
-        rows = [
-            {**event, "sequence": last - len(events) + i, "time": now, "principal": principal}
-            for i, event in enumerate(events, start=1)
-        ]
-        Event.insert_many(rows).execute()
-        if not self._sqlite:
-            # Delivered at COMMIT, to every replica LISTENing: their watchers need not wait for a poll.
-            self.db.execute_sql("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(last)))
-
-    def _principal(self) -> str:
-        return self._actor().name
-
-    # Idempotent creates -------------------------------------------------------------------------
-
-    def _recall(self, key: RequestKey | None, load: Callable[[int], Any]) -> Any | None:
-        """The result of an earlier call with key's request_id, or None; a different request under the
-        same id is refused."""
-        if key is None:
-            return None
-        record = RequestRecord.get_or_none(
-            (RequestRecord.principal == self._principal()) & (RequestRecord.request_id == key.request_id)
-        )
-        if record is None:
-            return None
-        if (record.method, record.fingerprint) != (key.method, key.fingerprint):
-            raise AlreadyExists(
-                "REQUEST_ID_REUSED",
-                f"request_id {key.request_id!r} was already used by a different {record.method} request",
-                request_id=key.request_id,
-                method=record.method,
-            )
-        return load(record.result_id)
-
-    def _create_once(
-        self,
-        key: RequestKey | None,
-        create: Callable[[], Any],
-        load: Callable[[int], Any],
-        conflict: Callable[[], Exception | None],
-    ) -> Any:
-        """Runs create() in a write transaction, once per request_id: a repeated request_id returns the
-        first call's result. A unique-index violation is `conflict()` (None: passed on), unless it was
-        a concurrent call with the same request_id that won the race."""
-        validation.request_id(key.request_id if key else "")
-        try:
-            with self._write():
-                found = self._recall(key, load)
-                if found is not None:
-                    return found
-                row = create()
-                if key is not None:
-                    RequestRecord.create(
-                        principal=self._principal(),
-                        request_id=key.request_id,
-                        method=key.method,
-                        fingerprint=key.fingerprint,
-                        result_id=row.id,
-                        creation_time=now_us(),
-                    )
-                return row
-        except pw.IntegrityError:
-            found = self._recall(key, load)
-            if found is not None:
-                return found
-            error = conflict()
-            if error is None:
-                raise
-            raise error
-
-    def purge_request_records(self, retention_s: float = REQUEST_ID_RETENTION_S) -> int:
-        """Forgets request_ids older than `retention_s` (at least a day); returns how many."""
-        cutoff = now_us() - int(max(retention_s, REQUEST_ID_RETENTION_S) * 1_000_000)
-        return RequestRecord.delete().where(RequestRecord.creation_time < cutoff).execute()
-
-    # Events -------------------------------------------------------------------------------------
-
-    def events_after(
-        self, after: int, model_names: list[str] | None = None, kinds: list[int] | None = None, limit: int = 500
-    ) -> tuple[list[Event], int]:
-        """Up to `limit` events numbered after `after` that match the filters, in order, and the
-        sequence to resume after: the last event returned, or (when fewer than `limit` matched) the
-        highest number stored, so that unmatched events are not scanned again."""
-        # Read first: every number up to `high` is committed (see _append_events), so the filtered
-        # query below, a later statement, sees all of them.
-        high = Event.select(pw.fn.MAX(Event.sequence)).scalar() or 0
-        query = Event.select().where(Event.sequence > after, Event.sequence <= high)
-        if model_names:
-            query = query.where(Event.model_name.in_(model_names) | Event.new_model_name.in_(model_names))
-        if kinds:
-            query = query.where(Event.kind.in_(kinds))
-        rows = list(query.order_by(Event.sequence).limit(limit))
-        return rows, (rows[-1].sequence if len(rows) == limit else max(high, after))
 
     # Models -------------------------------------------------------------------------------------
 
@@ -368,10 +159,10 @@ class RegistryStore:
             "metadata": validation.json_object(metadata or {}, "metadata"),
             "labels": validation.labels(labels or []),
             "notes": validation.notes(notes),
-            "owner": self._principal() if owner is None else owner,
+            "owner": self.tx.actor().name if owner is None else owner,
             "editors": validation.principals(editors or [], "editors"),
         }
-        return self._create_once(
+        return self.tx.create_once(
             request,
             lambda: self._insert_model(values),
             self._created_model,
@@ -398,7 +189,7 @@ class RegistryStore:
         if not inserted:
             return None
         self._set_label_rows(inserted[0].id, values["labels"])
-        self._event(EventKind.MODEL_CREATED, values["name"])
+        self.tx.event(ev.EVENT_KIND_MODEL_CREATED, values["name"])
         return inserted[0]
 
     def _refuse_twin(self, name: str, key: str, model_id: int = 0) -> None:
@@ -508,16 +299,16 @@ class RegistryStore:
     def update_model(self, name: str, changes: dict[str, Any]) -> Model:
         """Replaces the given fields (of MODEL_FIELDS); `editors` only by the owner or an admin."""
         values = self._validated_changes(changes, MODEL_FIELDS)
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(name)  # checked as it was, not as the update would leave it
             self._may_change(model)
             if "editors" in values:
-                self._must_own(f"name the editors of model {model.name!r}", model, model_name=model.name)
+                self.must_own(f"name the editors of model {model.name!r}", model, model_name=model.name)
             Model.update(**values).where(Model.id == model.id).execute()
             model.__data__.update(values)
             if "labels" in values:
                 self._set_label_rows(model.id, values["labels"])
-            self._event(EventKind.MODEL_UPDATED, name)
+            self.tx.event(ev.EVENT_KIND_MODEL_UPDATED, name)
         return model
 
     def rename_model(self, name: str, new_name: str) -> Model:
@@ -526,11 +317,11 @@ class RegistryStore:
         new_name = validation.name(new_name, "new_name")
         key = validation.name_key(new_name)
         try:
-            with self._write():
+            with self.tx.write():
                 model = self._lock_model(name, name=new_name, name_key=key)
-                self._must_own(f"rename model {name!r}", model, model_name=name)
+                self.must_own(f"rename model {name!r}", model, model_name=name)
                 self._refuse_twin(new_name, key, model.id)
-                self._event(EventKind.MODEL_RENAMED, _nfc(name), new_model_name=new_name)
+                self.tx.event(ev.EVENT_KIND_MODEL_RENAMED, _nfc(name), new_model_name=new_name)
                 return model
         except pw.IntegrityError:
             raise AlreadyExists(
@@ -542,7 +333,7 @@ class RegistryStore:
         so concurrent merges of different keys never lose each other's."""
         validation.json_object(merge, "merge")
         remove_keys = validation.metadata_keys(remove_keys)
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(name)
             self._may_change(model)
             metadata = {**model.metadata, **merge}
@@ -550,24 +341,24 @@ class RegistryStore:
                 metadata.pop(key, None)
             model.metadata = validation.json_object(metadata, "metadata")
             Model.update(metadata=model.metadata).where(Model.id == model.id).execute()
-            self._event(EventKind.MODEL_UPDATED, name)
+            self.tx.event(ev.EVENT_KIND_MODEL_UPDATED, name)
         return model
 
     def set_archived(self, name: str, archived: bool) -> Model:
         """Archives or unarchives a model (its owner or an admin)."""
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(name, editable=False, archived=archived)
-            self._must_own(f"{'archive' if archived else 'unarchive'} model {model.name!r}", model, model_name=model.name)
-            self._event(EventKind.MODEL_ARCHIVED if archived else EventKind.MODEL_UNARCHIVED, model.name)
+            self.must_own(f"{'archive' if archived else 'unarchive'} model {model.name!r}", model, model_name=model.name)
+            self.tx.event(ev.EVENT_KIND_MODEL_ARCHIVED if archived else ev.EVENT_KIND_MODEL_UNARCHIVED, model.name)
             return model
 
     def delete_model(self, name: str) -> None:
         """Deletes the model (its owner or an admin); its versions and labels go with it (ON DELETE CASCADE)."""
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(name, editable=False)
-            self._must_own(f"delete model {model.name!r}", model, model_name=model.name)
+            self.must_own(f"delete model {model.name!r}", model, model_name=model.name)
             Model.delete().where(Model.id == model.id).execute()
-            self._event(EventKind.MODEL_DELETED, model.name)
+            self.tx.event(ev.EVENT_KIND_MODEL_DELETED, model.name)
 
     def list_model_labels(self) -> list[str]:
         uses = pw.fn.COUNT(ModelLabel.id)
@@ -596,7 +387,7 @@ class RegistryStore:
         place of `checkpoint_uuid`) the checkpoint is recorded, with `create_model_if_missing` the model
         is created, and `aliases` are pointed at the new version: all in one transaction. The version
         is owned by `owner` (by default the principal acting), which must be allowed to change the model."""
-        owner = self._principal() if owner is None else owner
+        owner = self.tx.actor().name if owner is None else owner
         values = self._validated_changes(
             {"name": name, "comment": comment, "labels": labels or [], "metadata": metadata or {}, "notes": notes},
             VERSION_FIELDS,
@@ -635,7 +426,7 @@ class RegistryStore:
                 checkpoint_row = (query if self._sqlite else query.for_update("FOR SHARE")).first()
                 if checkpoint_row is None:
                     raise checkpoint_not_found(checkpoint_uuid)
-            if checkpoint_row.state != STATE_COMPLETED:
+            if checkpoint_row.state != cp.CHECKPOINT_STATE_COMPLETED:
                 raise FailedPrecondition(
                     "CHECKPOINT_NOT_COMPLETED",
                     f"checkpoint {checkpoint_row.uuid!r} is not COMPLETED",
@@ -650,8 +441,8 @@ class RegistryStore:
                 last_updated_time=now,
                 **values,
             )
-            self._event(
-                EventKind.MODEL_VERSION_CREATED, model.name, version=version.version, checkpoint_uuid=checkpoint_row.uuid
+            self.tx.event(
+                ev.EVENT_KIND_MODEL_VERSION_CREATED, model.name, version=version.version, checkpoint_uuid=checkpoint_row.uuid
             )
             for alias in aliases:
                 self._point_alias(model, alias, version.version)
@@ -661,7 +452,7 @@ class RegistryStore:
         def conflict() -> Exception | None:
             return _checkpoint_exists(checkpoint_values["uuid"]) if checkpoint_values is not None else None
 
-        return self._create_once(request, create, self._version_by_id, conflict)
+        return self.tx.create_once(request, create, self._version_by_id, conflict)
 
     def _versions(self) -> pw.ModelSelect:
         return ModelVersion.select(ModelVersion, Model.id, Model.name, Checkpoint).join(Model).switch(ModelVersion).join(Checkpoint)
@@ -731,12 +522,12 @@ class RegistryStore:
         validation.version(version)
         values = self._validated_changes(changes, VERSION_FIELDS)
         now = now_us()
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(model_name, last_updated_time=now)
             row = self._version_row(model, version)
             self._may_change(model, row)
             ModelVersion.update(last_updated_time=now, **values).where(ModelVersion.id == row.id).execute()
-            self._event(EventKind.MODEL_VERSION_UPDATED, model.name, version=version)
+            self.tx.event(ev.EVENT_KIND_MODEL_VERSION_UPDATED, model.name, version=version)
         return self.get_version(model.name, version)
 
     @staticmethod
@@ -749,10 +540,10 @@ class RegistryStore:
     def delete_version(self, model_name: str, version: int) -> None:
         """Deletes a version: its owner's, its model owner's or an admin's to delete."""
         validation.version(version)
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(model_name)
             row = self._version_row(model, version)
-            self._must_own(f"delete version {version} of model {model.name!r}", row, model, model_name=model.name, version=version)
+            self.must_own(f"delete version {version} of model {model.name!r}", row, model, model_name=model.name, version=version)
             # Aliases are moved under the same model row lock, so none can start pointing here now.
             pointing = [a for (a,) in ModelAlias.select(ModelAlias.alias).where(
                 ModelAlias.model == model.id, ModelAlias.version == version
@@ -781,7 +572,7 @@ class RegistryStore:
             Model.update(num_versions=Model.num_versions - 1, latest_version=latest or 0).where(
                 Model.id == model.id
             ).execute()
-            self._event(EventKind.MODEL_VERSION_DELETED, model_name, version=version)
+            self.tx.event(ev.EVENT_KIND_MODEL_VERSION_DELETED, model_name, version=version)
 
     # Aliases ------------------------------------------------------------------------------------
 
@@ -790,7 +581,7 @@ class RegistryStore:
         concurrent moves are serialised and each history entry starts where the previous one ended."""
         alias = validation.alias(alias)
         validation.version(version)
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(model_name)
             self._may_change(model)
             self._version_row(model, version)
@@ -799,7 +590,7 @@ class RegistryStore:
 
     def delete_alias(self, model_name: str, alias: str) -> None:
         alias = validation.alias(alias)
-        with self._write():
+        with self.tx.write():
             model = self._lock_model(model_name)
             self._may_change(model)
             current = ModelAlias.get_or_none(ModelAlias.model == model.id, ModelAlias.alias == alias)
@@ -829,10 +620,10 @@ class RegistryStore:
     def _alias_moved(self, model: Model, alias: str, previous: int, version: int) -> None:
         """Records a move (version 0: a removal) in the alias's history and in the event log."""
         AliasChange.create(
-            model=model.id, alias=alias, previous_version=previous, version=version, time=now_us(), principal=self._principal()
+            model=model.id, alias=alias, previous_version=previous, version=version, time=now_us(), principal=self.tx.actor().name
         )
-        kind = EventKind.ALIAS_SET if version else EventKind.ALIAS_DELETED
-        self._event(kind, model.name, alias=alias, version=version, previous_version=previous)
+        kind = ev.EVENT_KIND_ALIAS_SET if version else ev.EVENT_KIND_ALIAS_DELETED
+        self.tx.event(kind, model.name, alias=alias, version=version, previous_version=previous)
 
     def list_alias_history(
         self, model_name: str, alias: str = "", page_size: int = 0, page_token: str = ""
@@ -865,7 +656,7 @@ class RegistryStore:
     def create_checkpoint(self, values: dict[str, Any], request: RequestKey | None = None) -> Checkpoint:
         """Records a checkpoint from a dict of Checkpoint fields; uuid and state get their defaults."""
         values = self._checkpoint_values(values)
-        return self._create_once(
+        return self.tx.create_once(
             request,
             lambda: self._insert_checkpoint(values),
             self._created_checkpoint,
@@ -884,8 +675,8 @@ class RegistryStore:
         """Checkpoint fields, checked against their limits, with the defaults of uuid and state."""
         values = dict(values)
         values["uuid"] = _checkpoint_uuid(values.get("uuid") or str(uuidlib.uuid4()))
-        state = values.get("state") or STATE_COMPLETED
-        if state not in KNOWN_STATES:
+        state = values.get("state") or cp.CHECKPOINT_STATE_COMPLETED
+        if state not in cp.CheckpointState.values() or state == cp.CHECKPOINT_STATE_UNSPECIFIED:
             raise invalid("INVALID_CHECKPOINT_STATE", f"unknown checkpoint state {state}", state=state)
         values["state"] = state
         for key in ("experiment_id", "trial_id", "batch_number"):
@@ -900,9 +691,9 @@ class RegistryStore:
     def _insert_checkpoint(self, values: dict[str, Any]) -> Checkpoint:
         now = now_us()
         checkpoint = Checkpoint.create(
-            creation_time=now, owner=self._principal(), **{**values, "report_time": values.get("report_time") or now}
+            creation_time=now, owner=self.tx.actor().name, **{**values, "report_time": values.get("report_time") or now}
         )
-        self._event(EventKind.CHECKPOINT_CREATED, checkpoint_uuid=checkpoint.uuid)
+        self.tx.event(ev.EVENT_KIND_CHECKPOINT_CREATED, checkpoint_uuid=checkpoint.uuid)
         return checkpoint
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
@@ -980,14 +771,14 @@ class RegistryStore:
         """Deletes the record of a checkpoint not used by any model version; returns its canonical uuid."""
         uuid = _checkpoint_uuid(uuid)
         try:
-            with self._write():
+            with self.tx.write():
                 checkpoint = Checkpoint.get_or_none(Checkpoint.uuid == uuid)
                 if checkpoint is None:
                     raise checkpoint_not_found(uuid)
-                self._must_own(f"delete checkpoint {uuid!r}", checkpoint, checkpoint_uuid=uuid)
+                self.must_own(f"delete checkpoint {uuid!r}", checkpoint, checkpoint_uuid=uuid)
                 _refuse_in_use(checkpoint)
                 checkpoint.delete_instance()
-                self._event(EventKind.CHECKPOINT_DELETED, checkpoint_uuid=uuid)
+                self.tx.event(ev.EVENT_KIND_CHECKPOINT_DELETED, checkpoint_uuid=uuid)
         except pw.IntegrityError:
             # A version registered it between our check and the delete (PostgreSQL's RESTRICT).
             raise _checkpoint_in_use(uuid, "", 0)

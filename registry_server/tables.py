@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import peewee as pw
 
 database = pw.DatabaseProxy()
+
+
+def now_us() -> int:
+    """Now, as the tables keep times: microseconds since the epoch, UTC (exact and sortable)."""
+    return time.time_ns() // 1000
 
 
 class Table(pw.Model):

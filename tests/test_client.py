@@ -514,9 +514,9 @@ def test_top_checkpoint_is_the_best_reporting_the_metric_or_an_error(registry: R
 
 
 def test_watch_without_follow_ends_at_the_end_of_history(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    from registry_server import servicer
+    from registry_server import events
 
-    monkeypatch.setattr(servicer, "WATCH_BATCH", 2)  # several reads before the end
+    monkeypatch.setattr(events, "WATCH_BATCH", 2)  # several reads before the end
     for name in "abcde":
         registry.create_model(name)
     registry.create_checkpoint()

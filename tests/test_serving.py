@@ -274,7 +274,7 @@ def stored_events(database_url: str) -> list:
     db = database.connect(database_url)
     try:
         with db.connection_context():
-            rows, _ = RegistryStore(db).events_after(0, limit=1_000_000)
+            rows, _ = RegistryStore(db).events.after(0, limit=1_000_000)
             return rows
     finally:
         db.close_all()

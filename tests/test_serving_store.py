@@ -9,12 +9,14 @@ from typing import Any, Callable
 import pytest
 
 from registry_server import errors
-from registry_server.store import EventKind, RegistryStore, RequestKey
+from registry_client import EventKind
+from registry_server.store import RegistryStore
+from registry_server.transactions import RequestKey
 from registry_server.tables import AliasChange, Checkpoint, Event, Model, ModelVersion, RequestRecord
 
 
 def events(store: RegistryStore, after: int = 0) -> list[tuple[int, str, str, int, str]]:
-    rows, _ = store.events_after(after, limit=10_000)
+    rows, _ = store.events.after(after, limit=10_000)
     return [(row.sequence, EventKind(row.kind).name, row.model_name, row.version, row.alias) for row in rows]
 
 
@@ -150,11 +152,11 @@ def test_a_retried_create_returns_the_first_result(store: RegistryStore) -> None
 def test_request_ids_are_kept_a_day_then_purged(store: RegistryStore) -> None:
     store.create_model("m", request=RequestKey("old", "CreateModel", "f"))
     store.create_model("n", request=RequestKey("new", "CreateModel", "f"))
-    assert store.purge_request_records() == 0
-    assert store.purge_request_records(retention_s=0) == 0  # never less than a day
+    assert store.tx.purge_request_records() == 0
+    assert store.tx.purge_request_records(retention_s=0) == 0  # never less than a day
     day_ago = RequestRecord.get(RequestRecord.request_id == "old").creation_time - 24 * 3600 * 1_000_000 - 1
     RequestRecord.update(creation_time=day_ago).where(RequestRecord.request_id == "old").execute()
-    assert store.purge_request_records() == 1
+    assert store.tx.purge_request_records() == 1
     assert [r.request_id for r in RequestRecord.select()] == ["new"]
 
 
@@ -244,12 +246,12 @@ def test_every_mutation_appends_one_event_in_order(store: RegistryStore) -> None
     rename = Event.get(Event.kind == EventKind.MODEL_RENAMED)
     assert (rename.model_name, rename.new_model_name) == ("m", "m2")
     # Filters: by model (old or new name of a rename) and by kind; the resume point skips the rest.
-    rows, resume = store.events_after(0, model_names=["m2"])
+    rows, resume = store.events.after(0, model_names=["m2"])
     assert [EventKind(r.kind).name for r in rows] == ["MODEL_RENAMED", "MODEL_DELETED"]
     assert resume == 14
-    rows, _ = store.events_after(5, kinds=[EventKind.ALIAS_SET, EventKind.ALIAS_DELETED])
+    rows, _ = store.events.after(5, kinds=[EventKind.ALIAS_SET, EventKind.ALIAS_DELETED])
     assert [r.sequence for r in rows] == [7, 8]
-    rows, resume = store.events_after(0, limit=3)
+    rows, resume = store.events.after(0, limit=3)
     assert ([r.sequence for r in rows], resume) == ([1, 2, 3], 3)
 
 
@@ -261,23 +263,23 @@ def test_numbers_become_visible_in_order_when_transactions_interleave(
     number; B runs meanwhile. A watcher polling `sequence > last seen` throughout must see both
     events exactly once, whatever the commit order: a number never appears below one already seen."""
     reached, release = threading.Event(), threading.Event()
-    append = store._append_events
+    append = store.events.append
 
-    def held_append(pending: list[dict[str, Any]]) -> None:
+    def held_append(pending: list[dict[str, Any]], principal: str) -> None:
         if threading.current_thread().name == "A" and pause == "before_numbering":
             reached.set()
             release.wait(30)
-        append(pending)
+        append(pending, principal)
         if threading.current_thread().name == "A" and pause == "after_numbering":
             reached.set()
             release.wait(30)
 
-    monkeypatch.setattr(store, "_append_events", held_append)
+    monkeypatch.setattr(store.events, "append", held_append)
     seen: list[tuple[int, str]] = []
 
     def poll() -> None:
         after = seen[-1][0] if seen else 0
-        rows, _ = store.events_after(after)
+        rows, _ = store.events.after(after)
         seen.extend((row.sequence, row.model_name) for row in rows)
 
     a = in_thread(store, "A", lambda: store.create_model("a"))
