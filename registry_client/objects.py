@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from modelregistry import structs
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 
 from .loading import load_checkpoint_dir
@@ -133,24 +134,13 @@ class EventKind(_Choice):
     CHECKPOINT_FILES_UPLOADED = event_pb2.EVENT_KIND_CHECKPOINT_FILES_UPLOADED
 
 
-def _plain_numbers(value: Any) -> Any:
-    """Turn integral floats back into ints, recursively: Struct stores every number as a double."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_numbers(v) for v in value]
-    return value
-
-
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Convert a protobuf Struct to a plain dict, so {"epochs": 10} round-trips as 10, not 10.0."""
-    return _plain_numbers(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
+    """Convert a protobuf Struct to a plain dict, so {"epochs": 10} round-trips as 10, not 10.0
+    (modelregistry.structs: the server reads Structs by the same rule)."""
+    return structs.to_dict(struct)
 
 
-# A Struct holds every number as a double: integers beyond this lose digits on the way.
-MAX_EXACT_INTEGER = 2**53
+MAX_EXACT_INTEGER = structs.MAX_EXACT_INTEGER
 
 
 def _json_value(value: object, path: str) -> Any:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
+from modelregistry import structs
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 
 from . import tables
@@ -15,7 +16,9 @@ from .errors import invalid
 def timestamp(micros: int | None) -> timestamp_pb2.Timestamp | None:
     if micros is None:
         return None
-    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMicroseconds(micros)
+    return stamp
 
 
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 to 9999-12-31, as Timestamp allows
@@ -24,25 +27,14 @@ _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 to 9999-12
 def micros(ts: timestamp_pb2.Timestamp) -> int:
     if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
         raise invalid("INVALID_TIMESTAMP", "timestamp out of range", seconds=ts.seconds, nanos=ts.nanos)
-    return ts.seconds * 1_000_000 + ts.nanos // 1000
-
-
-def _plain(value: Any) -> Any:
-    """Struct keeps every number as a double; integral ones go back to int so {"epochs": 10} stays 10."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+    return ts.ToMicroseconds()
 
 
 def from_struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
     try:
-        return _plain(json_format.MessageToDict(struct))
+        return structs.to_dict(struct)
     except ValueError:  # NaN and infinities have no JSON form
-        raise invalid("INVALID_JSON", f"{field} must not hold NaN or infinite numbers", field=field)
+        raise invalid("INVALID_JSON", f"{field} must not hold NaN or infinite numbers", field=field) from None
 
 
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:

@@ -18,6 +18,7 @@ from .tables import database
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
+DEFAULT_DATABASE_URL = "sqlite:///registry.db"
 SQLITE_BUSY_TIMEOUT_S = 10.0
 _PG_MIGRATION_LOCK = 0x6D72_6567  # any constant shared by every replica: "mreg"
 
@@ -35,8 +36,8 @@ def connect(url: str, *, max_connections: int = 32, sqlite_synchronous: str = "f
         raise ValueError(f"sqlite synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        path = url[len("sqlite:///"):]
-        if not path or path == ":memory:" or "mode=memory" in path:
+        path = sqlite_path(url)
+        if not path or path == ":memory:" or db_url.parse(url).get("mode") == "memory":
             raise ValueError("SQLite needs a file: every server thread must see the same database")
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -64,6 +65,14 @@ def connect(url: str, *, max_connections: int = 32, sqlite_synchronous: str = "f
         raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:/// or postgresql://")
     database.initialize(db)
     return db
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL, as playhouse reads it; None for other databases."""
+    if urlparse(url).scheme != "sqlite":
+        return None
+    path: str = db_url.parse(url)["database"]
+    return path
 
 
 def is_sqlite(db: pw.Database) -> bool:

@@ -29,7 +29,6 @@ from .storage import open_storage
 
 log = logging.getLogger("registry_server")
 
-DEFAULT_DATABASE_URL = "sqlite:///registry.db"
 STOP_MARGIN_S = 5.0  # after SIGTERM, grace plus this margin, then the kernel ends the process (SIGALRM)
 WORKER_PROBE_TIMEOUT_S = 30.0
 WORKER_PROBE_INTERVAL_S = 1.0
@@ -46,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
     parser.add_argument(
         "--database-url",
-        default=env("MODEL_REGISTRY_DATABASE_URL", DEFAULT_DATABASE_URL),
+        default=env("MODEL_REGISTRY_DATABASE_URL", database.DEFAULT_DATABASE_URL),
         help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env MODEL_REGISTRY_DATABASE_URL; "
-        f"default {DEFAULT_DATABASE_URL})",
+        f"default {database.DEFAULT_DATABASE_URL})",
     )
     parser.add_argument(
         "--storage-dir",

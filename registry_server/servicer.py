@@ -21,7 +21,7 @@ from . import auth, convert, errors, paging, status, validation
 from .errors import invalid
 from .files import DEFAULT_MAX_UPLOAD_BYTES, CheckpointFiles
 from .storage import Storage
-from .store import MODEL_FIELDS, VERSION_FIELDS, CheckpointQuery, ModelQuery, RegistryStore
+from .store import CheckpointQuery, ModelQuery, RegistryStore
 from .transactions import RequestKey
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,6 @@ def _paged(page: paging.Page[Any], to_message: Callable[[Any], Message]) -> tupl
 
 
 def _checkpoint_values(message: checkpoint_pb2.Checkpoint, field: str) -> dict[str, Any]:
-    _enum(message.state, checkpoint_pb2.CheckpointState.values(), f"{field}.state")
     return convert.checkpoint_values(message)
 def _transfer(method: Callable[..., Any]) -> Callable[..., Any]:
     """A streaming handler: _rpc without a database connection held for the whole call."""
@@ -113,17 +112,13 @@ def _enum(value: int, allowed: Any, field: str) -> int:
     return value
 
 
-def _changes(mask_paths: list[str], message: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The values of the masked fields of `message`, as the store takes them."""
-    if not mask_paths:
-        raise invalid("UPDATE_MASK_REQUIRED", f"update_mask must name the fields to replace: {', '.join(fields)}")
+def _changes(mask_paths: list[str], message: Message) -> dict[str, Any]:
+    """The values of the masked fields of `message`, as the store takes them; the store says which
+    fields may be updated (a path naming no field at all is passed on for it to refuse)."""
     changes: dict[str, Any] = {}
+    fields = message.DESCRIPTOR.fields_by_name
     for path in mask_paths:
-        if path not in fields:
-            raise invalid(
-                "INVALID_UPDATE_MASK", f"{path!r} cannot be updated; updatable fields: {', '.join(fields)}", field=path
-            )
-        value = getattr(message, path)
+        value = getattr(message, path) if path in fields else None
         if path == "metadata":
             value = convert.from_struct(value, path)
         elif path in ("labels", "editors"):
@@ -177,7 +172,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     @_rpc
     def UpdateModel(self, request: pb.UpdateModelRequest, context: grpc.ServicerContext) -> pb.UpdateModelResponse:
-        changes = _changes(list(request.update_mask.paths), request.model, MODEL_FIELDS)
+        changes = _changes(list(request.update_mask.paths), request.model)
         return pb.UpdateModelResponse(model=convert.model(self.store.update_model(request.name, changes)))
 
     @_rpc
@@ -256,9 +251,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def UpdateModelVersion(
         self, request: pb.UpdateModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateModelVersionResponse:
-        changes = _changes(
-            list(request.update_mask.paths), request.model_version, VERSION_FIELDS
-        )
+        changes = _changes(list(request.update_mask.paths), request.model_version)
         row = self.store.update_version(request.model_name, request.version, changes)
         return pb.UpdateModelVersionResponse(model_version=convert.model_version(row))
 

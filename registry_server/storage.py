@@ -27,9 +27,9 @@ import uuid as uuidlib
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterator
-from urllib.parse import urlparse
 
 from . import validation
+from .db import sqlite_path
 from .errors import InvalidArgument
 
 BLOBS = "blobs"
@@ -492,10 +492,8 @@ class FsspecStorage(Storage):
 
 def default_storage_dir(database_url: str) -> str:
     """Beside the SQLite file (registry.db -> registry-files/), else ./registry-files."""
-    parsed = urlparse(database_url)
-    if parsed.scheme == "sqlite":
-        return os.path.join(os.path.dirname(database_url[len("sqlite:///"):]) or ".", "registry-files")
-    return "registry-files"
+    path = sqlite_path(database_url)
+    return os.path.join(os.path.dirname(path) or ".", "registry-files") if path else "registry-files"
 
 
 def open_storage(

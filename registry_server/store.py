@@ -298,7 +298,7 @@ class RegistryStore:
 
     def update_model(self, name: str, changes: dict[str, Any]) -> Model:
         """Replaces the given fields (of MODEL_FIELDS); `editors` only by the owner or an admin."""
-        values = self._validated_changes(changes, MODEL_FIELDS)
+        values = self._validated_update(changes, MODEL_FIELDS)
         with self.tx.write():
             model = self._lock_model(name)  # checked as it was, not as the update would leave it
             self._may_change(model)
@@ -520,7 +520,7 @@ class RegistryStore:
         """Replaces the given fields (of VERSION_FIELDS): by whoever may change the model, or the
         version's own owner."""
         validation.version(version)
-        values = self._validated_changes(changes, VERSION_FIELDS)
+        values = self._validated_update(changes, VERSION_FIELDS)
         now = now_us()
         with self.tx.write():
             model = self._lock_model(model_name, last_updated_time=now)
@@ -676,8 +676,8 @@ class RegistryStore:
         values = dict(values)
         values["uuid"] = _checkpoint_uuid(values.get("uuid") or str(uuidlib.uuid4()))
         state = values.get("state") or cp.CHECKPOINT_STATE_COMPLETED
-        if state not in cp.CheckpointState.values() or state == cp.CHECKPOINT_STATE_UNSPECIFIED:
-            raise invalid("INVALID_CHECKPOINT_STATE", f"unknown checkpoint state {state}", state=state)
+        if state not in cp.CheckpointState.values():
+            raise invalid("INVALID_ENUM_VALUE", f"unknown checkpoint.state value {state}", field="checkpoint.state", value=state)
         values["state"] = state
         for key in ("experiment_id", "trial_id", "batch_number"):
             validation.non_negative(values.get(key, 0), key)
@@ -785,6 +785,13 @@ class RegistryStore:
         return uuid
 
     # Helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _validated_update(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+        """The fields an update names (its update_mask), checked: at least one, each updatable."""
+        if not changes:
+            raise invalid("UPDATE_MASK_REQUIRED", f"update_mask must name the fields to replace: {', '.join(allowed)}")
+        return RegistryStore._validated_changes(changes, allowed)
 
     @staticmethod
     def _validated_changes(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
