@@ -9,7 +9,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from modelregistry import structs
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 
-from . import tables
+from . import rows, tables
 from .errors import invalid
 
 
@@ -43,7 +43,7 @@ def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def model(row: tables.Model) -> model_pb2.Model:
+def model(row: rows.ModelRow | tables.Model) -> model_pb2.Model:
     return model_pb2.Model(
         name=row.name,
         description=row.description,
@@ -60,7 +60,7 @@ def model(row: tables.Model) -> model_pb2.Model:
     )
 
 
-def checkpoint(row: tables.Checkpoint) -> checkpoint_pb2.Checkpoint:
+def checkpoint(row: rows.CheckpointRow | tables.Checkpoint) -> checkpoint_pb2.Checkpoint:
     return checkpoint_pb2.Checkpoint(
         uuid=row.uuid,
         experiment_id=row.experiment_id,
@@ -80,11 +80,9 @@ def checkpoint(row: tables.Checkpoint) -> checkpoint_pb2.Checkpoint:
     )
 
 
-def model_version(row: tables.ModelVersion) -> model_pb2.ModelVersion:
-    """A version row selected with its model's name and its checkpoint joined (store._versions), and
-    its `aliases` set (store._with_aliases)."""
+def model_version(row: rows.VersionRow) -> model_pb2.ModelVersion:
     return model_pb2.ModelVersion(
-        model_name=row.model.name,
+        model_name=row.model_name,
         version=row.version,
         checkpoint=checkpoint(row.checkpoint),
         name=row.name,

@@ -12,7 +12,6 @@ import binascii
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import peewee as pw
@@ -90,20 +89,26 @@ class PageTokens:
         return after
 
 
-@dataclass
 class Page(Generic[T]):
     """One page of rows, the count over all pages, and tokens to go on after any row of it."""
 
-    rows: Sequence[T]
-    total_size: int
-    more: bool = False  # rows follow the last one
-    token_of: Callable[[T], str] | None = None
+    def __init__(
+        self,
+        rows: Sequence[T],
+        total_size: int,
+        more: bool = False,
+        token_at: Callable[[int], str] | None = None,
+    ) -> None:
+        self.rows = rows
+        self.total_size = total_size
+        self.more = more  # rows follow the last one
+        self._token_at = token_at
 
     def token_after(self, index: int) -> str:
         """The token of the page that starts after rows[index]; empty after the last row of all."""
-        if self.token_of is None or (index == len(self.rows) - 1 and not self.more):
+        if self._token_at is None or (index == len(self.rows) - 1 and not self.more):
             return ""
-        return self.token_of(self.rows[index])
+        return self._token_at(index)
 
     @property
     def next_page_token(self) -> str:
@@ -117,14 +122,17 @@ def fetch(
     tokens: PageTokens,
     fingerprint: Any,
     position: Callable[[Any], list[Any]],
+    read: Callable[[Sequence[Any]], T] | None = None,
 ) -> Page[Any]:
     """Runs `query` (filtered, ordered and positioned by the caller) for one page of `size` rows: it
-    reads one more to know whether more follow."""
-    rows = list(query.limit(size + 1))
-    more = len(rows) > size
+    reads one more to know whether more follow. With `read`, the query's raw tuples are read into
+    rows by it (rows.py), and `position` gets the raw tuple; otherwise rows are peewee instances."""
+    raw = list((query.tuples() if read is not None else query).limit(size + 1))
+    more = len(raw) > size
+    raw = raw[:size]
     return Page(
-        rows[:size],
+        [read(r) for r in raw] if read is not None else raw,
         total_size() if callable(total_size) else total_size,
         more,
-        lambda row: tokens.encode(fingerprint, position(row)),
+        lambda index: tokens.encode(fingerprint, position(raw[index])),
     )

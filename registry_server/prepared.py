@@ -1,10 +1,10 @@
-"""Queries built once and run many times.
+"""Statements built once and run many times.
 
 Measured on this machine, peewee spends ~200 us building the SQL of a point select and ~10 us running
-it. The hot reads (GetModel, GetModelVersion, GetCheckpoint) therefore build their queries once per
-store, with named placeholders where the request's values go, and each call only binds the values and
-runs the SQL. Rows are read by the query's own cursor wrapper, so models, joins and JSON fields come
-out exactly as from the query run the ordinary way."""
+it, and reading a row into a model instance costs about as much again. The hot paths therefore build
+their statements with peewee once per store, with named placeholders where the request's values go;
+each call binds the values, runs the SQL and gets the cursor's tuples (rows.py turns them into
+named tuples, convert.py into messages)."""
 
 from __future__ import annotations
 
@@ -29,31 +29,34 @@ def param(name: str) -> pw.Value:
 
 
 class PreparedQuery:
-    """A SELECT whose SQL is rendered once, for the database it was built on."""
+    """A statement whose SQL is rendered once, for the database it was built on; each run only binds
+    its placeholders and hands back the cursor's raw rows (rows.py reads them)."""
 
-    def __init__(self, query: pw.ModelSelect) -> None:
-        self._query = query
-        self._sql, self._params = query.sql()
-        self._reader_state: dict[str, Any] | None = None
+    def __init__(self, query: pw.Query) -> None:
+        self.sql, self._params = query.sql()
 
-    def first(self, db: pw.Database, **values: Any) -> Any | None:
-        """The first row for these placeholder values, or None."""
-        params = [p.bind(values) if isinstance(p, Param) else p for p in self._params]
-        cursor = db.execute_sql(self._sql, params)
+    def _bind(self, values: dict[str, Any]) -> list[Any]:
+        return [p.bind(values) if isinstance(p, Param) else p for p in self._params]
+
+    def rows(self, db: pw.Database, **values: Any) -> list[tuple[Any, ...]]:
+        """Every row for these placeholder values."""
+        cursor = db.execute_sql(self.sql, self._bind(values))
         try:
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            # The reader the query itself uses (peewee's ModelSelect.execute). Working out which column
-            # goes to which model and converter costs as much as the SQL; it depends only on the SQL, so
-            # it is done once and its result copied into each call's reader.
-            reader = self._query._get_cursor_wrapper(cursor)
-            if self._reader_state is None:
-                reader.initialize()
-                self._reader_state = {k: v for k, v in vars(reader).items() if k != "cursor"}
-            else:
-                vars(reader).update(self._reader_state)
+            return cursor.fetchall()
         finally:
             cursor.close()  # ends SQLite's read snapshot now, not when the cursor is collected
-        return reader.process_row(row)
 
+    def first(self, db: pw.Database, **values: Any) -> tuple[Any, ...] | None:
+        """The first row for these placeholder values, or None."""
+        cursor = db.execute_sql(self.sql, self._bind(values))
+        try:
+            row: tuple[Any, ...] | None = cursor.fetchone()
+            return row
+        finally:
+            cursor.close()
+
+    def execute(self, db: pw.Database, **values: Any) -> int:
+        """Runs a write; the number of rows it changed."""
+        cursor = db.execute_sql(self.sql, self._bind(values))
+        count: int = cursor.rowcount
+        return count

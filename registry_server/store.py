@@ -18,7 +18,9 @@ from modelregistry.v1 import event_pb2 as ev
 from . import paging, validation
 from .db import is_sqlite
 from .events import EventLog
+from . import rows
 from .prepared import PreparedQuery, param
+from .rows import CHECKPOINT_COLUMNS, MODEL_COLUMNS, VERSION_COLUMNS, CheckpointRow, ModelRow, RowReaders, VersionRow
 from .transactions import RequestKey, Transactions
 from .errors import (
     AlreadyExists,
@@ -94,14 +96,22 @@ class RegistryStore:
         self.events = events if events is not None else EventLog(db)
         self.tx = Transactions(db, self.events)
         self.acting_as = self.tx.acting_as
+        self.read = RowReaders(db)
         # The hot reads, built once (see prepared.py); the tables must be bound to `db` already.
-        self._model_by_name = PreparedQuery(Model.select().where(Model.name == param("name")).limit(1))
+        self._model_by_name = PreparedQuery(Model.select(*MODEL_COLUMNS).where(Model.name == param("name")).limit(1))
         versions = self._versions().where(Model.name == param("model_name"))
         # The model row knows its latest number: one (model, version) index lookup, where ORDER BY
         # version DESC LIMIT 1 made PostgreSQL read and sort all of the model's versions.
         self._latest_version = PreparedQuery(versions.where(ModelVersion.version == Model.latest_version).limit(1))
         self._version = PreparedQuery(versions.where(ModelVersion.version == param("version")).limit(1))
-        self._checkpoint_by_uuid = PreparedQuery(Checkpoint.select().where(Checkpoint.uuid == param("uuid")).limit(1))
+        self._version_by_alias = PreparedQuery(
+            versions.join(ModelAlias, on=(ModelAlias.model == ModelVersion.model) & (ModelAlias.version == ModelVersion.version))
+            .where(ModelAlias.alias == param("alias"))
+            .limit(1)
+        )
+        self._checkpoint_by_uuid = PreparedQuery(
+            Checkpoint.select(*CHECKPOINT_COLUMNS).where(Checkpoint.uuid == param("uuid")).limit(1)
+        )
 
     def _page_tokens(self) -> paging.PageTokens:
         """Page tokens signed with this database's key (migration 0007), read once."""
@@ -209,13 +219,13 @@ class RegistryStore:
                 existing_name=twin.name,
             )
 
-    def get_model(self, name: str) -> Model:
-        model = self._model_by_name.first(self.db, name=_nfc(name))
-        if model is None:
+    def get_model(self, name: str) -> ModelRow:
+        raw = self._model_by_name.first(self.db, name=_nfc(name))
+        if raw is None:
             raise model_not_found(name)
-        return model
+        return self.read.model(raw)
 
-    def list_models(self, query: ModelQuery, page_size: int = 0, page_token: str = "") -> paging.Page[Model]:
+    def list_models(self, query: ModelQuery, page_size: int = 0, page_token: str = "") -> paging.Page[ModelRow]:
         size = validation.page_size(page_size)
         key = MODEL_SORT_KEYS[query.sort_by]
         # Names are unique, so they order alone; other keys are made unique with the id.
@@ -244,10 +254,10 @@ class RegistryStore:
         if query.owner:
             filters.append(Model.owner == query.owner)
 
-        def select() -> pw.ModelSelect:
-            return Model.select().where(*filters) if filters else Model.select()
+        def select(*columns: pw.Field) -> pw.ModelSelect:
+            return Model.select(*columns).where(*filters) if filters else Model.select(*columns)
 
-        rows_query = select()
+        rows_query = select(*MODEL_COLUMNS)
         if after is not None:
             rows_query = rows_query.where(_after(columns, after, query.descending))
         order = [c.desc() if query.descending else c.asc() for c in columns]
@@ -259,7 +269,8 @@ class RegistryStore:
             lambda: select().count() if filters else ModelCount.select(ModelCount.models).scalar(),
             self._page_tokens(),
             fingerprint,
-            lambda row: [getattr(row, c.name) for c in columns],
+            lambda raw: [raw[ModelRow._fields.index(c.name)] for c in columns],
+            self.read.model,
         )
 
     def _name_contains(self, text: str) -> pw.Expression:
@@ -382,7 +393,7 @@ class RegistryStore:
         create_model_if_missing: bool = False,
         aliases: list[str] | None = None,
         request: RequestKey | None = None,
-    ) -> ModelVersion:
+    ) -> VersionRow:
         """Registers a checkpoint as the model's next version. With `checkpoint` (Checkpoint fields, in
         place of `checkpoint_uuid`) the checkpoint is recorded, with `create_model_if_missing` the model
         is created, and `aliases` are pointed at the new version: all in one transaction. The version
@@ -446,8 +457,7 @@ class RegistryStore:
             )
             for alias in aliases:
                 self._point_alias(model, alias, version.version)
-            version.aliases = sorted(aliases)
-            return version
+            return rows.version_of(version, model.name, checkpoint_row, sorted(aliases))
 
         def conflict() -> Exception | None:
             return _checkpoint_exists(checkpoint_values["uuid"]) if checkpoint_values is not None else None
@@ -455,53 +465,40 @@ class RegistryStore:
         return self.tx.create_once(request, create, self._version_by_id, conflict)
 
     def _versions(self) -> pw.ModelSelect:
-        return ModelVersion.select(ModelVersion, Model.id, Model.name, Checkpoint).join(Model).switch(ModelVersion).join(Checkpoint)
+        """Versions with their model's name, their checkpoint and their aliases: rows.VERSION_COLUMNS."""
+        return (
+            ModelVersion.select(*VERSION_COLUMNS, rows.aliases_of_version(self._sqlite))
+            .join(Model)
+            .switch(ModelVersion)
+            .join(Checkpoint)
+        )
 
-    def _with_aliases(self, rows: list[ModelVersion]) -> list[ModelVersion]:
-        """Sets `aliases` on version rows (of _versions): the names of the aliases pointing at each."""
-        pointing: dict[tuple[int, int], list[str]] = {}
-        if rows:
-            query = ModelAlias.select().where(
-                ModelAlias.model.in_({row.model.id for row in rows}),
-                ModelAlias.version.in_({row.version for row in rows}),
-            )
-            for alias in query.order_by(ModelAlias.alias):
-                pointing.setdefault((alias.model_id, alias.version), []).append(alias.alias)
-        for row in rows:
-            row.aliases = pointing.get((row.model.id, row.version), [])
-        return rows
+    def _version_by_id(self, row_id: int) -> VersionRow:
+        raw = self._versions().where(ModelVersion.id == row_id).tuples().first()
+        if raw is None:
+            raise _result_deleted("model version")
+        return self.read.version(raw)
 
-    def _version_by_id(self, row_id: int) -> ModelVersion:
-        row = self._versions().where(ModelVersion.id == row_id).first()
-        if row is None:
-            raise NotFound("REQUEST_RESULT_DELETED", "the model version this request created has been deleted since")
-        return self._with_aliases([row])[0]
-
-    def get_version(self, model_name: str, version: int = 0, alias: str = "") -> ModelVersion:
+    def get_version(self, model_name: str, version: int = 0, alias: str = "") -> VersionRow:
         """One version, by number or by alias; version 0 without alias is the latest (highest live)."""
         validation.version(version, allow_latest=True)
+        name = _nfc(model_name)
         if alias:
             if version:
                 raise invalid("ALIAS_AND_VERSION", "give a version or an alias, not both", version=version, alias=alias)
-            row = (
-                self._versions()
-                .where(Model.name == model_name)
-                .join(ModelAlias, on=(ModelAlias.model == ModelVersion.model) & (ModelAlias.version == ModelVersion.version))
-                .where(ModelAlias.alias == validation.alias(alias))
-                .first()
-            )
+            raw = self._version_by_alias.first(self.db, model_name=name, alias=validation.alias(alias))
         elif version:
-            row = self._version.first(self.db, model_name=model_name, version=version)
+            raw = self._version.first(self.db, model_name=name, version=version)
         else:
-            row = self._latest_version.first(self.db, model_name=model_name)
-        if row is None:
+            raw = self._latest_version.first(self.db, model_name=name)
+        if raw is None:
             self.get_model(model_name)  # MODEL_NOT_FOUND rather than MODEL_VERSION_NOT_FOUND
             raise _alias_not_found(model_name, alias) if alias else version_not_found(model_name, version)
-        return self._with_aliases([row])[0]
+        return self.read.version(raw)
 
     def list_versions(
         self, model_name: str, page_size: int = 0, page_token: str = "", descending: bool = True
-    ) -> paging.Page[ModelVersion]:
+    ) -> paging.Page[VersionRow]:
         size = validation.page_size(page_size)
         fingerprint = ["versions", model_name, descending]
         after = self._page_tokens().decode(page_token, fingerprint, [int])
@@ -510,11 +507,16 @@ class RegistryStore:
         if after is not None:
             query = query.where(_after([ModelVersion.version], after, descending))
         order = ModelVersion.version.desc() if descending else ModelVersion.version.asc()
-        page = paging.fetch(
-            query.order_by(order), size, model.num_versions, self._page_tokens(), fingerprint, lambda row: [row.version]
+        version_at = VersionRow._fields.index("version")
+        return paging.fetch(
+            query.order_by(order),
+            size,
+            model.num_versions,
+            self._page_tokens(),
+            fingerprint,
+            lambda raw: [raw[version_at]],
+            self.read.version,
         )
-        self._with_aliases(list(page.rows))
-        return page
 
     def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
         """Replaces the given fields (of VERSION_FIELDS): by whoever may change the model, or the
@@ -696,16 +698,16 @@ class RegistryStore:
         self.tx.event(ev.EVENT_KIND_CHECKPOINT_CREATED, checkpoint_uuid=checkpoint.uuid)
         return checkpoint
 
-    def get_checkpoint(self, uuid: str) -> Checkpoint:
+    def get_checkpoint(self, uuid: str) -> CheckpointRow:
         uuid = _checkpoint_uuid(uuid)
-        checkpoint = self._checkpoint_by_uuid.first(self.db, uuid=uuid)
-        if checkpoint is None:
+        raw = self._checkpoint_by_uuid.first(self.db, uuid=uuid)
+        if raw is None:
             raise checkpoint_not_found(uuid)
-        return checkpoint
+        return self.read.checkpoint(raw)
 
     def list_checkpoints(
         self, query: CheckpointQuery, page_size: int = 0, page_token: str = ""
-    ) -> paging.Page[Checkpoint]:
+    ) -> paging.Page[CheckpointRow]:
         size = validation.page_size(page_size)
         filters = []
         if query.experiment_id is not None:
@@ -721,17 +723,17 @@ class RegistryStore:
         tokens = self._page_tokens()
         if not query.sort_by_metric:
             after = tokens.decode(page_token, fingerprint, [int])
-            rows_query = select().order_by(Checkpoint.id)
+            rows_query = select(*CHECKPOINT_COLUMNS).order_by(Checkpoint.id)
             if after is not None:
                 rows_query = rows_query.where(Checkpoint.id > after[0])
-            position = lambda row: [row.id]  # noqa: E731
+            position = lambda raw: [raw[0]]  # noqa: E731 (the id)
         else:
             # Best first by one metric; checkpoints without a numeric value for it come last.
             metric = self._numeric_metric(validation.text(query.sort_by_metric, "sort_by_metric", 256))
             after = tokens.decode(page_token, fingerprint, [int, (int, float, type(None)), int])
             missing = pw.Case(None, [(metric.is_null(), 1)], 0)
             descending = not query.smaller_is_better
-            rows_query = select(Checkpoint, metric.alias("sort_value")).order_by(
+            rows_query = select(*CHECKPOINT_COLUMNS, metric).order_by(
                 missing, metric.desc() if descending else metric.asc(), Checkpoint.id
             )
             if after is not None:
@@ -747,8 +749,11 @@ class RegistryStore:
                         | better
                         | ((metric == value) & (Checkpoint.id > last_id))
                     )
-            position = lambda row: [int(row.sort_value is None), row.sort_value, row.id]  # noqa: E731
-        return paging.fetch(rows_query, size, lambda: select().count(), tokens, fingerprint, position)
+            value_at = len(CHECKPOINT_COLUMNS)  # the sort value follows the checkpoint's columns
+            position = lambda raw: [int(raw[value_at] is None), raw[value_at], raw[0]]  # noqa: E731
+        return paging.fetch(
+            rows_query, size, lambda: select().count(), tokens, fingerprint, position, self.read.checkpoint
+        )
 
     def _numeric_metric(self, key: str) -> pw.Node:
         """The value of metrics[key] when it is a number, else NULL, in the database's JSON dialect.
