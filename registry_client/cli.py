@@ -8,7 +8,6 @@ import enum
 import importlib.metadata
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -411,48 +410,6 @@ def checkpoint_delete(r: Registry, args: argparse.Namespace) -> None:
     _done(args, f"Deleted checkpoint {args.uuid}.")
 
 
-def _open_store(args: argparse.Namespace) -> Any:
-    """The registry's database itself, for backups: they keep what the RPCs hand out anew (version
-    numbers, times, owners). Imported here so that the client alone needs no server code."""
-    from registry_server import db as database
-    from registry_server.store import RegistryStore
-
-    db = database.connect(args.database_url)
-    database.migrate(db)
-    return RegistryStore(db)
-
-
-def _backup(args: argparse.Namespace, export: bool) -> int:
-    """Runs an export or an import on the database of --database-url; refusals exit 1."""
-    from registry_server import backup
-    from registry_server.errors import RegistryError as StoreError
-
-    store = _open_store(args)
-    try:
-        with store.db.connection_context():
-            if args.file == "-":
-                counts = backup.export_registry(store, sys.stdout) if export else backup.import_registry(store, sys.stdin)
-            else:
-                with open(args.file, "w" if export else "r", encoding="utf-8") as file:
-                    counts = backup.export_registry(store, file) if export else backup.import_registry(store, file)
-    except StoreError as err:
-        print(f"error: {err.reason}: {err.message}", file=sys.stderr)
-        return 1
-    finally:
-        store.db.close_all()
-    summary = f"{'Exported' if export else 'Imported'} {counts['models']} models, {counts['model_versions']} model versions, {counts['checkpoints']} checkpoints."
-    print(summary, file=sys.stderr if export and args.file == "-" else sys.stdout)
-    return 0
-
-
-def registry_export(_: Registry | None, args: argparse.Namespace) -> int:
-    return _backup(args, export=True)
-
-
-def registry_import(_: Registry | None, args: argparse.Namespace) -> int:
-    return _backup(args, export=False)
-
-
 # Argument parsing
 
 
@@ -551,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version_of_package()}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch,export,import}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch}")
 
     def command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Callable[..., Any],
                 help_text: str) -> argparse.ArgumentParser:
@@ -708,19 +665,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at the end of the stored history instead of waiting for new events")
     p.add_argument("--no-reconnect", action="store_true", help="exit with an error when the stream is lost")
 
-    for name, handler, help_text, file_help in [
-        ("export", registry_export, "Write the whole registry to a JSON file (a backup).", "output file; - for stdout"),
-        ("import", registry_import, "Load an export into an empty registry, on SQLite or PostgreSQL.", "export file; - for stdin"),
-    ]:
-        p = command(groups, name, handler, help_text)
-        p.set_defaults(offline=True)
-        p.add_argument("file", metavar="FILE", help=file_help)
-        p.add_argument(
-            "--database-url",
-            default=os.environ.get("MODEL_REGISTRY_DATABASE_URL", "sqlite:///registry.db"),
-            help="the registry's database, as the server's flag (env MODEL_REGISTRY_DATABASE_URL; "
-            "default sqlite:///registry.db)",
-        )
     return parser
 
 
@@ -734,8 +678,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     target = getattr(args, "target", None) or default_target()
     try:
-        if getattr(args, "offline", False):
-            return args.handler(None, args)
         connection = {key: getattr(args, key) for key in CONNECTION_OPTIONS if hasattr(args, key)}
         with Registry(target, timeout=getattr(args, "timeout", 30.0), **connection) as registry:
             registry.check_connection()  # one clear line at once when the server cannot be reached

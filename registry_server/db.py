@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
@@ -65,6 +66,50 @@ def connect(url: str, *, max_connections: int = 32, sqlite_synchronous: str = "f
         raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:/// or postgresql://")
     database.initialize(db)
     return db
+
+
+def connect_existing(url: str, *, read_only: bool = False) -> pw.Database:
+    """Opens an existing database for one command (not pooled) and binds the tables; never creates
+    one: a SQLite file that is not there is a FileNotFoundError. `read_only`: SQLite opens the file
+    read-only (the caller makes its transactions read-only on PostgreSQL)."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = sqlite_path(url)
+        if not path or path == ":memory:" or db_url.parse(url).get("mode") == "memory":
+            raise ValueError("SQLite needs a file")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no SQLite database at {path}")
+        name = Path(path).absolute().as_uri() + "?mode=ro" if read_only else path
+        db: pw.Database = pw.SqliteDatabase(
+            name, uri=read_only, timeout=SQLITE_BUSY_TIMEOUT_S, pragmas={"busy_timeout": int(SQLITE_BUSY_TIMEOUT_S * 1000)}
+        )
+    elif scheme in ("postgres", "postgresql"):
+        db = db_url.connect("postgresql" + url[len(scheme):])
+    else:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:/// or postgresql://")
+    database.initialize(db)
+    return db
+
+
+def schema_problem(db: pw.Database) -> str | None:
+    """Why this release cannot read the database's schema as it is (older or newer migrations), or
+    None. Reads only."""
+    with db.connection_context():
+        runner = Runner(db, MIGRATIONS_DIR)
+        status = runner.status()
+    applied = [m.name for m in status if m.applied is not None]
+    if not applied:
+        return "it holds no model registry (no schema)"
+    unknown = [m.name for m in status if m.path is None]
+    if unknown:
+        return f"its schema is newer than this release's (migration {unknown[-1]}): use the release that wrote it"
+    pending = [m.name for m in status if m.applied is None]
+    if pending:
+        return (
+            f"its schema is older than this release's (migration {applied[-1]}, this release needs {pending[-1]}): "
+            "start this release's server on it once, which upgrades it, or use the release that wrote it"
+        )
+    return None
 
 
 def sqlite_path(url: str) -> str | None:

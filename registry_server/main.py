@@ -40,7 +40,12 @@ RESTART_BACKOFF_S = (0.5, 30.0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="model-registry-server", description="Serve the model registry over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="model-registry-server",
+        description="Serve the model registry over gRPC.",
+        epilog="Backups: model-registry-server export --output FILE [...], model-registry-server import --input "
+        "FILE [...] (see model-registry-server export --help).",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
     parser.add_argument(
@@ -202,6 +207,11 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["export"], ["import"]):
+        from .backup_command import main as backup_main
+
+        return backup_main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers == 1:

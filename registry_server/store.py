@@ -682,7 +682,7 @@ class RegistryStore:
             raise invalid("INVALID_ENUM_VALUE", f"unknown checkpoint.state value {state}", field="checkpoint.state", value=state)
         values["state"] = state
         for key in ("experiment_id", "trial_id", "batch_number"):
-            validation.non_negative(values.get(key, 0), key)
+            validation.integer(values.get(key, 0), key)  # int32 in the protos
         for key in ("experiment_config", "hparams", "metadata", "metrics"):
             validation.json_object(values.get(key) or {}, key, validation.MAX_CHECKPOINT_JSON_BYTES)
         for key in ("framework", "format", "storage_uri"):

@@ -153,6 +153,8 @@ def principals(values: Iterable[str], field: str) -> list[str]:
 
 def json_object(value: dict[str, Any], field: str, limit: int = MAX_METADATA_BYTES) -> dict[str, Any]:
     """A JSON object no larger than `limit` bytes of compact JSON, with no NUL anywhere."""
+    if not isinstance(value, dict):  # a Struct always is; a backup's row need not be
+        raise invalid("INVALID_JSON", f"{field} must be a JSON object", field=field)
     try:
         encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
@@ -220,9 +222,16 @@ def resources(value: dict[str, int]) -> dict[str, int]:
     return value
 
 
-def non_negative(value: int, field: str) -> int:
-    if value < 0:
-        raise invalid("INVALID_ARGUMENT_VALUE", f"{field} must not be negative", field=field, value=value)
+INT32_MAX = 2**31 - 1  # int32 fields of the protos (ids, version numbers, counters)
+INT64_MAX = 2**63 - 1  # int64 fields (sizes, event sequence numbers)
+
+
+def integer(value: int, field: str, low: int = 0, high: int = INT32_MAX) -> int:
+    """An integer within what its field holds in the protos: what is stored can always be answered."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid(
+            "INVALID_ARGUMENT_VALUE", f"{field} must be an integer from {low} to {high}", field=field, value=str(value)[:32]
+        )
     return value
 
 

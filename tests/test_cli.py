@@ -229,31 +229,6 @@ def test_console_script_subprocess(registry_target: str) -> None:
     assert missing.stderr.startswith("error: NOT_FOUND MODEL_NOT_FOUND: ")
 
 
-def test_export_then_import_into_an_empty_registry(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    source, target, dump = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db", tmp_path / "registry.json"
-    from registry_server import db as database
-    from registry_server.store import RegistryStore
-
-    db = database.connect(source)
-    database.migrate(db)
-    store = RegistryStore(db)
-    with db.connection_context():
-        store.create_model("m", metadata={"k": 1})
-        for _ in range(2):
-            store.create_version("m", store.create_checkpoint({}).uuid)
-        store.delete_version("m", 1)
-    db.close_all()
-
-    assert main(["export", str(dump), "--database-url", source]) == 0
-    assert "Exported 1 models, 1 model versions, 2 checkpoints." in capsys.readouterr().out
-    assert json.loads(dump.read_text())["models"][0]["last_assigned_version"] == 2
-    assert main(["import", str(dump), "--database-url", target]) == 0
-    assert "Imported 1 models, 1 model versions, 2 checkpoints." in capsys.readouterr().out
-    assert main(["import", str(dump), "--database-url", target]) == 1
-    assert "REGISTRY_NOT_EMPTY" in capsys.readouterr().err
-    assert main(["import", str(tmp_path / "absent.json"), "--database-url", target]) == 1
-
-
 def test_model_alias_set_history_delete_and_register_with_alias(cli, cli_json) -> None:
     cli_json("model", "create", "mnist")
     uuid = _new_checkpoint(cli_json)

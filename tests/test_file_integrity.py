@@ -11,6 +11,7 @@ import json
 import os
 import random
 import subprocess
+import tarfile
 import threading
 import time
 import uuid as uuidlib
@@ -30,6 +31,7 @@ from registry_server.main import parse_args
 from registry_server.server import RegistryServer, build_server
 from registry_server.storage import LocalStorage
 from registry_server.store import RegistryStore
+from registry_server.tables import Checkpoint
 from tests.conftest import POSTGRES_URL
 from tests.servers import ServerProcess
 from tests.test_files import files_under, make_tree, refusal, registry, stub, tree_of  # noqa: F401 (fixtures)
@@ -569,47 +571,35 @@ def test_storage_refuses_names_that_are_not_digests(tmp_path: Path, digest: str)
     pending.discard()
 
 
-def test_a_record_naming_a_file_outside_storage_never_serves_it(database_url: str, tmp_path: Path) -> None:
-    """A backup (format 2, as the last release wrote them) whose checkpoint lists a file outside the
-    checkpoint, with that file's true digest: the registry never sends its bytes."""
+def test_a_record_naming_a_file_outside_storage_is_never_imported(database_url: str, tmp_path: Path) -> None:
+    """A backup (format 2, as an earlier release wrote them) whose checkpoint lists a file outside the
+    checkpoint, with that file's true digest: refused at import, so never served either."""
     secret = tmp_path / "secret"
     secret.write_bytes(b"the server's secret")
     storage_dir = tmp_path / "files"
     uuid = str(uuidlib.uuid4())
-    make_tree(storage_dir / uuid, {"other.bin": b"o"})  # the checkpoint's directory, in the last release's layout
     relative = os.path.relpath(secret, storage_dir / uuid)
-    document = {
-        "format": "model-registry-export", "format_version": 2, "last_event_sequence": 0,
-        "checkpoints": [{
-            "uuid": uuid, "experiment_id": 0, "trial_id": 0, "batch_number": 0, "experiment_config": {}, "hparams": {},
-            "resources": {relative: 19, str(secret): 19}, "metadata": {}, "framework": "", "format": "", "metrics": {},
-            "state": 2, "storage_uri": "", "report_time": 1, "creation_time": 1,
-            "file_digests": {relative: sha(secret.read_bytes()), str(secret): sha(secret.read_bytes())},
-        }],
-        "models": [], "model_versions": [], "model_aliases": [], "alias_changes": [], "events": [],
-    }
-    db = database.connect(database_url)
-    database.migrate(db)
-    try:
-        with db.connection_context():
-            try:
-                backup.import_registry(RegistryStore(db), io.StringIO(json.dumps(document)))
-            except Exception:
-                return  # refused at import: never served either
-    finally:
-        db.close_all()
-    with server_on(database_url, storage_dir) as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        stub = pb_grpc.ModelRegistryServiceStub(channel)
-        request = pb.DownloadCheckpointFilesRequest(checkpoint_uuid=uuid)  # every file it lists
-        received: list[bytes] = []
-
-        def download() -> None:
-            for message in stub.DownloadCheckpointFiles(request, timeout=30):
-                received.append(message.chunk)
-
-        code, reason = refusal(download)
-        assert b"secret" not in b"".join(received)
-        assert (code, reason) == (grpc.StatusCode.DATA_LOSS, "CHECKPOINT_FILE_MISSING")
+    for path in (relative, str(secret)):
+        document = {
+            "format": "model-registry-export", "format_version": 2, "last_event_sequence": 0,
+            "checkpoints": [{
+                "uuid": uuid, "experiment_id": 0, "trial_id": 0, "batch_number": 0, "experiment_config": {}, "hparams": {},
+                "resources": {path: 19}, "metadata": {}, "framework": "", "format": "", "metrics": {},
+                "state": 2, "storage_uri": "", "report_time": 1, "creation_time": 1,
+                "file_digests": {path: sha(secret.read_bytes())},
+            }],
+            "models": [], "model_versions": [], "model_aliases": [], "alias_changes": [], "events": [],
+        }
+        db = database.connect(database_url)
+        database.migrate(db)
+        try:
+            with db.connection_context():
+                with pytest.raises(backup.Refused) as refused:
+                    backup.import_registry(RegistryStore(db), io.BytesIO(json.dumps(document).encode()), LocalStorage(storage_dir))
+                assert refused.value.message.startswith("checkpoint_files[0].path: file path must")
+                assert not Checkpoint.select().exists()
+        finally:
+            db.close_all()
 
 
 # Issue 11.14: paths no Windows client can write -------------------------------------------------
@@ -716,17 +706,18 @@ def test_files_of_an_earlier_release_are_adopted_at_start_up(database_url: str, 
         assert blobs(storage_dir) == [sha(good)]
 
 
-def test_a_backup_carries_the_records_of_stored_files(database_url: str, registry: Registry, tmp_path: Path) -> None:
+def test_a_backup_carries_stored_files(database_url: str, registry: Registry, storage_dir: str, tmp_path: Path) -> None:
     checkpoint = registry.upload_checkpoint(make_tree(tmp_path / "s", {"a": b"a", "d/b": b"bb"}))
     db = database.connect(database_url)
     try:
         with db.connection_context():
-            store = RegistryStore(db)
-            exported = io.StringIO()
-            backup.export_registry(store, exported)
-            document = json.loads(exported.getvalue())
+            exported = io.BytesIO()
+            backup.export_registry(RegistryStore(db), exported, LocalStorage(storage_dir))
     finally:
         db.close_all()
+    with tarfile.open(fileobj=io.BytesIO(exported.getvalue())) as tar:
+        document = json.load(tar.extractfile(backup.DOCUMENT))  # type: ignore[arg-type]
+        assert sorted(tar.getnames()) == sorted([backup.DOCUMENT, f"blobs/{sha(b'a')}", f"blobs/{sha(b'bb')}"])
     assert sorted((f["checkpoint_uuid"], f["path"], f["size"], f["sha256"]) for f in document["checkpoint_files"]) == [
         (checkpoint.uuid, "a", 1, sha(b"a")), (checkpoint.uuid, "d/b", 2, sha(b"bb"))
     ]
@@ -734,10 +725,11 @@ def test_a_backup_carries_the_records_of_stored_files(database_url: str, registr
     database.migrate(copy)
     try:
         with copy.connection_context():
-            backup.import_registry(RegistryStore(copy), io.StringIO(exported.getvalue()))
+            backup.import_registry(RegistryStore(copy), io.BytesIO(exported.getvalue()), LocalStorage(tmp_path / "copy-files"))
             again = io.StringIO()
-            backup.export_registry(RegistryStore(copy), again)
+            backup.write_document(RegistryStore(copy), again)
     finally:
         copy.close_all()
         database.connect(database_url)  # bind the tables back for the fixtures' teardown
     assert json.loads(again.getvalue())["checkpoint_files"] == document["checkpoint_files"]
+    assert blobs(tmp_path / "copy-files") == sorted([sha(b"a"), sha(b"bb")])
