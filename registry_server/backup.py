@@ -35,7 +35,7 @@ from modelregistry.v1 import checkpoint_pb2, event_pb2
 
 from . import convert, validation
 from .checkpoint_files import CheckpointFileStore, ancestors
-from .errors import FailedPrecondition, InvalidArgument, RegistryError
+from .errors import DataLoss, FailedPrecondition, InvalidArgument, RegistryError
 from .files import CheckpointFiles
 from .storage import PendingFile, Storage, is_digest
 from .store import MODEL_FIELDS, VERSION_FIELDS, RegistryStore, _checkpoint_uuid
@@ -240,7 +240,7 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 def _add_blob(tar: tarfile.TarFile, storage: Storage, digest: str, size: int) -> None:
     file = _open_blob(storage, digest)
     if file is None:
-        raise FailedPrecondition(
+        raise DataLoss(
             "CHECKPOINT_FILE_MISSING",
             f"blob {digest} is missing from the storage {storage.uri()} (its checkpoint was deleted during the "
             "export? export again)",
@@ -253,7 +253,7 @@ def _add_blob(tar: tarfile.TarFile, storage: Storage, digest: str, size: int) ->
             if reading.count >= size:
                 raise  # the output failed, not the blob
         if reading.count != size or file.read(1) or reading.digest.hexdigest() != digest:
-            raise FailedPrecondition(
+            raise DataLoss(
                 "CHECKPOINT_FILE_MISSING",
                 f"blob {digest} in the storage {storage.uri()} is damaged: its bytes do not match their digest "
                 f"or recorded size {size}",
@@ -366,9 +366,19 @@ def read_document(data: Any) -> Plan:
 
 
 def _check(plan: Plan) -> None:
-    s = plan.sections
+    """The rows of each section, each as the RPCs check it, then the document as a whole."""
+    checkpoints = _check_checkpoints(plan.sections["checkpoints"])
+    _check_files(plan, checkpoints)
+    models = _check_models(plan.sections["models"])
+    versions = _check_versions(plan.sections["model_versions"], models, checkpoints)
+    _check_aliases(plan.sections["model_aliases"], models, versions)
+    _check_alias_changes(plan.sections["alias_changes"], models)
+    _check_events(plan.sections["events"], plan.last_event_sequence)
+
+
+def _check_checkpoints(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     checkpoints: dict[str, dict[str, Any]] = {}
-    for index, row in enumerate(s["checkpoints"]):
+    for index, row in enumerate(rows):
         where = f"checkpoints[{index}]"
         uuid = _uuid(row["uuid"], f"{where}.uuid")
         if uuid in checkpoints:
@@ -377,21 +387,26 @@ def _check(plan: Plan) -> None:
             raise Refused(f"{where}.state", "must be a checkpoint state")
         with _at(where):
             RegistryStore._checkpoint_values(row)  # the store's rules: ranges, JSON, texts, resources, state
-        for name in ("report_time", "creation_time"):
-            _time(row[name], f"{where}.{name}")
+        for column in ("report_time", "creation_time"):
+            _time(row[column], f"{where}.{column}")
         _principal(row["owner"], f"{where}.owner")
         with _at(where):
             convert.checkpoint(Checkpoint(**row))  # what is stored can be answered
         checkpoints[uuid] = row
+    return checkpoints
 
+
+def _check_files(plan: Plan, checkpoints: dict[str, dict[str, Any]]) -> None:
+    """Stored files: paths confined to their checkpoint, none both a file and a directory, the caps
+    per checkpoint; one size per blob. Fills plan.blobs."""
     paths: dict[str, dict[str, int]] = defaultdict(dict)
-    for index, row in enumerate(s["checkpoint_files"]):
+    for index, row in enumerate(plan.sections["checkpoint_files"]):
         where = f"checkpoint_files[{index}]"
         uuid = _uuid(row["checkpoint_uuid"], f"{where}.checkpoint_uuid")
         if uuid not in checkpoints:
             raise Refused(f"{where}.checkpoint_uuid", f"no checkpoint {uuid} in the backup")
         with _at(f"{where}.path"):
-            validation.file_path(row["path"], portable=False)  # confined to the checkpoint
+            validation.file_path(row["path"], portable=False)  # files stored before the Windows rules stay
         with _at(f"{where}.size"):
             validation.integer(row["size"], "size", 0, validation.INT64_MAX)
         if not is_digest(row["sha256"]):
@@ -409,19 +424,25 @@ def _check(plan: Plan) -> None:
         with _at(f"checkpoint {uuid}"):
             validation.resource_budget(len(stored), sum(len(path.encode()) for path in stored))
 
+
+def _check_models(rows: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Models by name (with their index); each gets its name_key, and version counts to come."""
     models: dict[str, tuple[int, dict[str, Any]]] = {}
     keys: dict[str, int] = {}
-    for index, row in enumerate(s["models"]):
+    for index, row in enumerate(rows):
         where = f"models[{index}]"
         with _at(f"{where}.name"):
-            name = validation.name(row["name"])  # (a local: the loops below use other names)
+            name = validation.name(row["name"])
         if name != row["name"]:
             raise Refused(f"{where}.name", "must be in Unicode NFC, as the registry stores names")
         key = validation.name_key(name)
         if key in keys:
-            other = s["models"][keys[key]]["name"]
+            other = rows[keys[key]]["name"]
             same = "is" if other == name else f"and {other!r} (models[{keys[key]}]) are"
-            raise Refused(f"{where}.name", f"{name!r} {same} in the backup twice (names that differ only by case or Unicode form are the same name)")
+            raise Refused(
+                f"{where}.name",
+                f"{name!r} {same} in the backup twice (names that differ only by case or Unicode form are the same name)",
+            )
         keys[key] = index
         with _at(where):
             RegistryStore._validated_changes({f: row[f] for f in MODEL_FIELDS}, MODEL_FIELDS)
@@ -434,16 +455,24 @@ def _check(plan: Plan) -> None:
         row["editors"] = validation.principals(row["editors"], "editors")
         row.update(name_key=key, num_versions=0, latest_version=0)
         models[name] = (index, row)
+    return models
 
-    def model_of(row: dict[str, Any], where: str) -> dict[str, Any]:
-        if row["model_name"] not in models:
-            raise Refused(f"{where}.model_name", f"no model {row['model_name'][:256]!r} in the backup")
-        return models[row["model_name"]][1]
 
+def _model_of(models: dict[str, tuple[int, dict[str, Any]]], row: dict[str, Any], where: str) -> dict[str, Any]:
+    if row["model_name"] not in models:
+        raise Refused(f"{where}.model_name", f"no model {row['model_name'][:256]!r} in the backup")
+    return models[row["model_name"]][1]
+
+
+def _check_versions(
+    rows: list[dict[str, Any]], models: dict[str, tuple[int, dict[str, Any]]], checkpoints: dict[str, dict[str, Any]]
+) -> set[tuple[str, int]]:
+    """Versions of existing models and COMPLETED checkpoints; each model's counters follow them,
+    and its last_assigned_version must not hand out a number again. Returns (model, version)s."""
     versions: set[tuple[str, int]] = set()
-    for index, row in enumerate(s["model_versions"]):
+    for index, row in enumerate(rows):
         where = f"model_versions[{index}]"
-        model = model_of(row, where)
+        model = _model_of(models, row, where)
         with _at(f"{where}.version"):
             validation.version(validation.integer(row["version"], "version"))
         if (model["name"], row["version"]) in versions:
@@ -458,8 +487,8 @@ def _check(plan: Plan) -> None:
             RegistryStore._validated_changes({f: row[f] for f in VERSION_FIELDS}, VERSION_FIELDS)
         row["labels"] = validation.labels(row["labels"])
         _principal(row["owner"], f"{where}.owner")
-        for name in ("creation_time", "last_updated_time"):
-            _time(row[name], f"{where}.{name}")
+        for column in ("creation_time", "last_updated_time"):
+            _time(row[column], f"{where}.{column}")
         model["num_versions"] += 1
         model["latest_version"] = max(model["latest_version"], row["version"])
     for index, model in models.values():
@@ -469,12 +498,17 @@ def _check(plan: Plan) -> None:
                 f"{model['last_assigned_version']} is below version {model['latest_version']} of the model: the "
                 "registry would hand out a number it has given already",
             )
+    return versions
 
-    aliases: Counter[str] = Counter()
+
+def _check_aliases(
+    rows: list[dict[str, Any]], models: dict[str, tuple[int, dict[str, Any]]], versions: set[tuple[str, int]]
+) -> None:
+    per_model: Counter[str] = Counter()
     named: set[tuple[str, str]] = set()
-    for index, row in enumerate(s["model_aliases"]):
+    for index, row in enumerate(rows):
         where = f"model_aliases[{index}]"
-        model = model_of(row, where)
+        model = _model_of(models, row, where)
         with _at(f"{where}.alias"):
             validation.alias(row["alias"])
         if (model["name"], row["alias"]) in named:
@@ -482,24 +516,29 @@ def _check(plan: Plan) -> None:
         named.add((model["name"], row["alias"]))
         if (model["name"], row["version"]) not in versions:
             raise Refused(f"{where}.version", f"model {model['name']!r} has no version {row['version']} in the backup")
-        aliases[model["name"]] += 1
-        if aliases[model["name"]] > validation.MAX_ALIASES_PER_MODEL:
+        per_model[model["name"]] += 1
+        if per_model[model["name"]] > validation.MAX_ALIASES_PER_MODEL:
             raise Refused(where, f"model {model['name']!r} has more than {validation.MAX_ALIASES_PER_MODEL} aliases")
 
-    for index, row in enumerate(s["alias_changes"]):
+
+def _check_alias_changes(rows: list[dict[str, Any]], models: dict[str, tuple[int, dict[str, Any]]]) -> None:
+    for index, row in enumerate(rows):
         where = f"alias_changes[{index}]"
-        model_of(row, where)
+        _model_of(models, row, where)
         with _at(f"{where}.alias"):
             validation.alias(row["alias"])
-        for name in ("previous_version", "version"):
-            with _at(f"{where}.{name}"):
-                validation.integer(row[name], name)
+        for column in ("previous_version", "version"):
+            with _at(f"{where}.{column}"):
+                validation.integer(row[column], column)  # 0: none
         _time(row["time"], f"{where}.time")
         _principal(row["principal"], f"{where}.principal")
 
+
+def _check_events(rows: list[dict[str, Any]], last_event_sequence: int) -> None:
+    """Events: unique sequences, known kinds, values that read back; the counter at or past the last."""
     sequences: set[int] = set()
     kinds = set(event_pb2.EventKind.values()) - {0}
-    for index, row in enumerate(s["events"]):
+    for index, row in enumerate(rows):
         where = f"events[{index}]"
         with _at(f"{where}.sequence"):
             validation.integer(row["sequence"], "sequence", 1, validation.INT64_MAX)
@@ -510,12 +549,12 @@ def _check(plan: Plan) -> None:
             raise Refused(f"{where}.kind", f"{row['kind']} is not an event kind")
         _time(row["time"], f"{where}.time")
         _principal(row["principal"], f"{where}.principal")
-        for name in ("model_name", "new_model_name"):
-            with _at(f"{where}.{name}"):
-                validation.text(row[name], name, validation.MAX_NAME_LENGTH)  # names of their time
-        for name in ("version", "previous_version"):
-            with _at(f"{where}.{name}"):
-                validation.integer(row[name], name)
+        for column in ("model_name", "new_model_name"):
+            with _at(f"{where}.{column}"):
+                validation.text(row[column], column, validation.MAX_NAME_LENGTH)  # names as they were then
+        for column in ("version", "previous_version"):
+            with _at(f"{where}.{column}"):
+                validation.integer(row[column], column)
         if row["alias"]:
             with _at(f"{where}.alias"):
                 validation.alias(row["alias"])
@@ -524,10 +563,10 @@ def _check(plan: Plan) -> None:
         with _at(where):
             convert.event(Event(**row))
     highest = max(sequences, default=0)
-    if plan.last_event_sequence < highest:
+    if last_event_sequence < highest:
         raise Refused(
             "last_event_sequence",
-            f"{plan.last_event_sequence} is below the highest event's sequence ({highest}): the registry would "
+            f"{last_event_sequence} is below the highest event's sequence ({highest}): the registry would "
             "number new events with numbers it has given already",
         )
 

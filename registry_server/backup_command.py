@@ -75,6 +75,8 @@ def main(argv: list[str]) -> int:
         return _fail(f"database {database.redacted(args.database_url)} cannot be used: {cause}")
     except (OSError, ValueError) as error:
         return _fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    except KeyboardInterrupt:
+        return _fail("interrupted")
 
 
 def _fail(message: str) -> int:
@@ -133,6 +135,8 @@ def _existing_storage(args: argparse.Namespace) -> Storage:
 def _output(name: str) -> Iterator[BinaryIO]:
     """stdout, or a file that appears only once it is complete (written beside it, then renamed)."""
     if name == "-":
+        if sys.stdout.isatty():
+            raise ValueError("an archive is not for a terminal: give --output FILE, or redirect stdout")
         yield sys.stdout.buffer
         return
     target = Path(name)

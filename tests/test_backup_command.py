@@ -147,3 +147,14 @@ def test_import_from_stdin_and_not_twice(tmp_path: Path) -> None:
         result = server_command("import", "--database-url", target, "--storage-dir", str(tmp_path / "files-b"), "--input", "-", stdin=archive)
         assert result.returncode == expected, result.stderr
     assert one_error_line(result) == "error: import loads into an empty registry only\n"
+
+
+def test_export_of_a_damaged_blob_fails_and_leaves_no_archive(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    with server_on(url, tmp_path / "files") as running, Registry(f"127.0.0.1:{running.port}") as registry:
+        registry.upload_checkpoint(make_tree(tmp_path / "upload", {"a": b"original bytes"}))
+    blob = next(p for p in (tmp_path / "files" / "blobs").rglob("*") if p.is_file())
+    blob.write_bytes(b"rotten bytes!!")  # same size, other bytes
+    result = server_command("export", "--database-url", url, "--storage-dir", str(tmp_path / "files"), "--output", str(tmp_path / "out.tar"))
+    assert f"blob {blob.name} in the storage" in one_error_line(result)
+    assert not any(p.name.startswith((".out.tar", "out.tar")) for p in tmp_path.iterdir())
