@@ -126,11 +126,17 @@ class RowReaders:
         )
 
 
-def version_of(version: ModelVersion, model_name: str, checkpoint: Checkpoint, aliases: list[str]) -> VersionRow:
-    """The row of a version just written, from the instances at hand (no read back)."""
-    own = [getattr(version, "model_id" if name == "model_id" else name) for name in _VERSION_OWN]
-    checkpoint_row = CheckpointRow._make(getattr(checkpoint, name) for name in CheckpointRow._fields)
-    return VersionRow(*own, model_name, checkpoint_row, aliases)
+def checkpoint_of(checkpoint: Checkpoint) -> CheckpointRow:
+    """The row of a checkpoint just written, from its instance (no read back)."""
+    return CheckpointRow._make(getattr(checkpoint, name) for name in CheckpointRow._fields)
+
+
+def version_row(
+    row_id: int, values: dict[str, Any], model_name: str, checkpoint: CheckpointRow, aliases: list[str]
+) -> VersionRow:
+    """The row of a version just inserted with `values` (ModelVersion's fields), without a read back."""
+    own = {**values, "id": row_id, "model_id": values["model"]}
+    return VersionRow(*(own[name] for name in _VERSION_OWN), model_name, checkpoint, aliases)
 
 
 def aliases_of_version(sqlite: bool) -> pw.Node:
