@@ -88,8 +88,9 @@ def _reader(fields: Sequence[str], json_is_text: bool) -> Callable[[Sequence[Any
     def read(raw: Sequence[Any]) -> tuple[Any, ...]:
         values = list(raw)
         for i in json_at:
-            if isinstance(values[i], str):
-                values[i] = loads(values[i])
+            value = values[i]
+            if isinstance(value, str):  # empty objects and lists are most of them: no parse for those
+                values[i] = {} if value == "{}" else [] if value == "[]" else loads(value)
         for i in bool_at:
             values[i] = bool(values[i])
         return tuple(values)

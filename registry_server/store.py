@@ -112,6 +112,12 @@ class RegistryStore:
         )
         checkpoint_by_uuid = Checkpoint.select(*CHECKPOINT_COLUMNS).where(Checkpoint.uuid == param("uuid")).limit(1)
         self._checkpoint_by_uuid = PreparedQuery(checkpoint_by_uuid)
+        # Pages of a model's versions, by (newest first, after a position).
+        self._version_pages = {
+            (descending, after): PreparedQuery(self._version_page(descending, after))
+            for descending in (True, False)
+            for after in (True, False)
+        }
         # The hot writes. A registration reads its checkpoint locked (shared) until commit: an upload
         # recording files to it (which takes the row lock) comes wholly before it or is refused after
         # it (CHECKPOINT_IN_USE). SQLite's one writer at a time gives the same.
@@ -521,6 +527,13 @@ class RegistryStore:
             .join(Checkpoint)
         )
 
+    def _version_page(self, descending: bool, after: bool) -> pw.ModelSelect:
+        query = self._versions().where(ModelVersion.model == param("model"))
+        if after:
+            query = query.where(_after([ModelVersion.version], [param("after")], descending))
+        order = ModelVersion.version.desc() if descending else ModelVersion.version.asc()
+        return query.order_by(order).limit(param("limit"))
+
     def _version_by_id(self, row_id: int) -> VersionRow:
         raw = self._versions().where(ModelVersion.id == row_id).tuples().first()
         if raw is None:
@@ -551,19 +564,11 @@ class RegistryStore:
         fingerprint = ["versions", model_name, descending]
         after = self._page_tokens().decode(page_token, fingerprint, [int])
         model = self.get_model(model_name)
-        query = self._versions().where(ModelVersion.model == model.id)
-        if after is not None:
-            query = query.where(_after([ModelVersion.version], after, descending))
-        order = ModelVersion.version.desc() if descending else ModelVersion.version.asc()
+        statement = self._version_pages[descending, after is not None]
         version_at = VersionRow._fields.index("version")
-        return paging.fetch(
-            query.order_by(order),
-            size,
-            model.num_versions,
-            self._page_tokens(),
-            fingerprint,
-            lambda raw: [raw[version_at]],
-            self.read.version,
+        raw = statement.rows(self.db, model=model.id, after=after[0] if after else 0, limit=size + 1)
+        return paging.page_of(
+            raw, size, model.num_versions, self._page_tokens(), fingerprint, lambda raw: [raw[version_at]], self.read.version
         )
 
     def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
