@@ -6,7 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 import peewee as pw
@@ -162,10 +162,17 @@ def ping(db: pw.Database) -> bool:
 def discard_idle_connections(db: pw.Database) -> None:
     """After a connection failed, the idle ones in the pool are likely dead too (the database was
     restarted, or dropped us): close them, so that the next calls open fresh ones."""
+    pool: Any = db  # playhouse's pooled databases, untyped
     try:
-        db.close_idle()
+        pool.close_idle()
     except pw.PeeweeException:
         pass
+
+
+def close_pool(db: pw.Database) -> None:
+    """Closes every connection of the database's pool (at shutdown)."""
+    pool: Any = db
+    pool.close_all() if hasattr(pool, "close_all") else pool.close()
 
 
 _SECRET_PARAMETERS = {"password", "sslpassword", "passfile", "sslkey"}

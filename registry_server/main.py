@@ -324,7 +324,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
         auth.check_exposure(args.host, args.auth_tokens is not None, args.insecure_allow_unauthenticated)
         db = database.connect(args.database_url)
         database.migrate(db)  # once, here, rather than racing in every worker
-        db.close_all()
+        database.close_pool(db)
     except (OSError, ValueError, pw.PeeweeException) as error:
         log.error("cannot start: %s", _start_error(error, args.database_url))
         return 1

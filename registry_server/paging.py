@@ -116,7 +116,7 @@ class Page(Generic[T]):
 
 
 def fetch(
-    query: pw.SelectQuery,
+    query: pw.ModelSelect[Any],
     size: int,
     total_size: int | Callable[[], int],
     tokens: PageTokens,

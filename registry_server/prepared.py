@@ -8,6 +8,7 @@ named tuples, convert.py into messages)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import peewee as pw
@@ -41,7 +42,7 @@ def param(name: str, field: pw.Field | None = None) -> pw.Node:
         return pw.Value(Param(name), converter=False)
     default = KeyError if field.default is None else field.default
     if isinstance(field, pw.JSONField):
-        dumps = field._dumps
+        dumps = getattr(field, "_dumps", json.dumps)
         database = field.model._meta.database
         if isinstance(getattr(database, "obj", database), pw.SqliteDatabase):  # through the tables' proxy
             return pw.fn.json(pw.Value(Param(name, dumps, default), converter=False))

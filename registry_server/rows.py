@@ -119,11 +119,8 @@ class RowReaders:
         own = len(_VERSION_OWN)
         checkpoint_end = own + 1 + len(CHECKPOINT_COLUMNS)
         aliases = raw[checkpoint_end] if len(raw) > checkpoint_end else None
-        return VersionRow(
-            *self._version(raw[:own]),
-            raw[own],
-            self.checkpoint(raw[own + 1 : checkpoint_end]),
-            aliases.split(",") if aliases else [],
+        return VersionRow._make(
+            (*self._version(raw[:own]), raw[own], self.checkpoint(raw[own + 1 : checkpoint_end]), aliases.split(",") if aliases else [])
         )
 
 
@@ -137,7 +134,7 @@ def version_row(
 ) -> VersionRow:
     """The row of a version just inserted with `values` (ModelVersion's fields), without a read back."""
     own = {**values, "id": row_id, "model_id": values["model"]}
-    return VersionRow(*(own[name] for name in _VERSION_OWN), model_name, checkpoint, aliases)
+    return VersionRow._make((*(own[name] for name in _VERSION_OWN), model_name, checkpoint, aliases))
 
 
 def aliases_of_version(sqlite: bool) -> pw.Node:

@@ -45,7 +45,7 @@ from .tables import (
     now_us,
 )
 
-MODEL_SORT_KEYS = {
+MODEL_SORT_KEYS: dict[str, pw.Field[Any]] = {
     "name": Model.name,
     "description": Model.description,
     "creation_time": Model.creation_time,
@@ -122,7 +122,7 @@ class RegistryStore:
         # recording files to it (which takes the row lock) comes wholly before it or is refused after
         # it (CHECKPOINT_IN_USE). SQLite's one writer at a time gives the same.
         self._checkpoint_to_register = PreparedQuery(
-            checkpoint_by_uuid if self._sqlite else checkpoint_by_uuid.for_update("FOR SHARE")
+            checkpoint_by_uuid if self._sqlite else checkpoint_by_uuid.for_update("FOR SHARE")  # type: ignore[arg-type]  # peewee takes the clause as text
         )
         locked_columns = (*MODEL_COLUMNS, Model.last_assigned_version)
         by_name = Model.name == param("name")
@@ -178,7 +178,7 @@ class RegistryStore:
             self._tokens = paging.PageTokens(bytes.fromhex(key))
         return self._tokens
 
-    def _may_change(self, model: Model, version: ModelVersion | None = None) -> None:
+    def _may_change(self, model: Model | ModelRow, version: ModelVersion | None = None) -> None:
         """Changes to a model, its versions and aliases are for its owner, the editors it names, and
         admins; changes to one version also for that version's owner."""
         actor = self.tx.actor()
@@ -317,7 +317,7 @@ class RegistryStore:
         if query.owner:
             filters.append(Model.owner == query.owner)
 
-        def select(*columns: pw.Field) -> pw.ModelSelect:
+        def select(*columns: pw.Field) -> pw.ModelSelect[Any]:
             return Model.select(*columns).where(*filters) if filters else Model.select(*columns)
 
         rows_query = select(*MODEL_COLUMNS)
@@ -347,7 +347,7 @@ class RegistryStore:
         # Both sides are folded already: PostgreSQL compares them with LIKE (its ILIKE would fold
         # again, by rules of its own); peewee spells SQLite's LIKE (which folds ASCII only) "ILIKE".
         operator = pw.OP.ILIKE if self._sqlite else pw.OP.LIKE
-        return pw.Expression(Model.name_key, operator, Model.name_key._escape_like_expr(folded, "%%%s%%"))
+        return pw.Expression(Model.name_key, operator, Model.name_key._escape_like_expr(folded, "%%%s%%"))  # type: ignore[attr-defined]
 
     def _lock_model(self, model_name: str, *, editable: bool = True, **changes: Any) -> Model:
         """Updates the model row first, so that the row (PostgreSQL) or the database (SQLite) is locked
@@ -446,7 +446,7 @@ class RegistryStore:
     def list_model_labels(self) -> list[str]:
         uses = pw.fn.COUNT(ModelLabel.id)
         query = ModelLabel.select(ModelLabel.label).group_by(ModelLabel.label).order_by(uses.desc(), ModelLabel.label)
-        return [label for (label,) in query.tuples()]
+        return list(query.scalars())
 
     # Model versions -----------------------------------------------------------------------------
 
@@ -518,7 +518,7 @@ class RegistryStore:
 
         return self.tx.create_once(request, create, self._version_by_id, conflict)
 
-    def _versions(self) -> pw.ModelSelect:
+    def _versions(self) -> pw.ModelSelect[Any]:
         """Versions with their model's name, their checkpoint and their aliases: rows.VERSION_COLUMNS."""
         return (
             ModelVersion.select(*VERSION_COLUMNS, rows.aliases_of_version(self._sqlite))
@@ -527,7 +527,7 @@ class RegistryStore:
             .join(Checkpoint)
         )
 
-    def _version_page(self, descending: bool, after: bool) -> pw.ModelSelect:
+    def _version_page(self, descending: bool, after: bool) -> pw.ModelSelect[Any]:
         query = self._versions().where(ModelVersion.model == param("model"))
         if after:
             query = query.where(_after([ModelVersion.version], [param("after")], descending))
@@ -571,7 +571,7 @@ class RegistryStore:
             raw, size, model.num_versions, self._page_tokens(), fingerprint, lambda raw: [raw[version_at]], self.read.version
         )
 
-    def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
+    def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> VersionRow:
         """Replaces the given fields (of VERSION_FIELDS): by whoever may change the model, or the
         version's own owner."""
         validation.version(version)
@@ -600,9 +600,9 @@ class RegistryStore:
             row = self._version_row(model, version)
             self.must_own(f"delete version {version} of model {model.name!r}", row, model, model_name=model.name, version=version)
             # Aliases are moved under the same model row lock, so none can start pointing here now.
-            pointing = [a for (a,) in ModelAlias.select(ModelAlias.alias).where(
+            pointing = list(ModelAlias.select(ModelAlias.alias).where(
                 ModelAlias.model == model.id, ModelAlias.version == version
-            ).order_by(ModelAlias.alias).tuples()]
+            ).order_by(ModelAlias.alias).scalars())
             if pointing:
                 raise FailedPrecondition(
                     "VERSION_HAS_ALIASES",
@@ -771,7 +771,7 @@ class RegistryStore:
             filters.append(Checkpoint.trial_id == query.trial_id)
         fingerprint = ["checkpoints", query.__dict__]
 
-        def select(*columns: Any) -> pw.ModelSelect:
+        def select(*columns: Any) -> pw.ModelSelect[Any]:
             rows = Checkpoint.select(*columns)
             return rows.where(*filters) if filters else rows
 
@@ -810,7 +810,7 @@ class RegistryStore:
             rows_query, size, lambda: select().count(), tokens, fingerprint, position, self.read.checkpoint
         )
 
-    def _numeric_metric(self, key: str) -> pw.Node:
+    def _numeric_metric(self, key: str) -> pw.ColumnBase:
         """The value of metrics[key] when it is a number, else NULL, in the database's JSON dialect.
         The key is a bound parameter, never part of a JSON path: any key (quotes, backslashes, any
         script) means itself on both databases."""

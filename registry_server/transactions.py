@@ -85,7 +85,8 @@ class Transactions:
         commits, and the event log is told after. On SQLite it takes the write lock at BEGIN, so that
         two writers never read the same state and then collide on upgrading their locks."""
         assert getattr(self._local, "events", None) is None, "write transactions do not nest"
-        self._local.events = recorded = []
+        recorded: list[dict[str, Any]] = []
+        self._local.events = recorded
         try:
             with self._write_lock, self.db.atomic(**({"lock_type": "IMMEDIATE"} if self._sqlite else {})):
                 yield
