@@ -11,7 +11,7 @@ from registry_server import db as database
 from registry_server.validation import name_key
 from modelregistry.v1.checkpoint_pb2 import CHECKPOINT_STATE_COMPLETED as STATE_COMPLETED
 from registry_server.tables import now_us
-from registry_server.tables import Checkpoint, Model, ModelVersion
+from registry_server.tables import Checkpoint, Model, ModelAlias, ModelVersion
 
 CHUNK = 2000
 FILTER_MATCHES = 20  # models named "findme-NN": the name filter matches these, at every size
@@ -78,6 +78,11 @@ class Loader:
               "creation_time": now, "last_updated_time": now}
              for model_id in model_ids for v in range(1, per_model + 1)),
         )
+
+    def alias(self, model_name: str, alias: str, version: int) -> None:
+        with self.db.connection_context():
+            model_id = Model.get(Model.name == model_name).id
+        self._insert(ModelAlias, [{"model": model_id, "alias": alias, "version": version}])
 
     def model_ids(self, prefix: str, limit: int) -> list[int]:
         with self.db.connection_context():

@@ -27,8 +27,16 @@ def _request(call: str, seq: str, args: dict[str, Any]) -> tuple[str, Any]:
         return "health", health_pb2.HealthCheckRequest()
     if call == "GetModel":
         return "registry", pb.GetModelRequest(name=args["model"])
-    if call == "GetModelVersion":
+    if call == "GetModelVersion":  # the latest
         return "registry", pb.GetModelVersionRequest(model_name=args["model"])
+    if call == "GetModelVersion:number":
+        return "registry", pb.GetModelVersionRequest(model_name=args["model"], version=1)
+    if call == "GetModelVersion:alias":
+        return "registry", pb.GetModelVersionRequest(model_name=args["model"], alias=args["alias"])
+    if call == "GetCheckpoint":
+        return "registry", pb.GetCheckpointRequest(uuid=args["checkpoint"])
+    if call == "ListModelVersions":
+        return "registry", pb.ListModelVersionsRequest(model_name=args["model"], page_size=50)
     if call == "ListModels":
         return "registry", pb.ListModelsRequest(
             page_size=args.get("page_size", 50), page_token=args.get("page_token", ""), name=args.get("name", "")
@@ -36,7 +44,13 @@ def _request(call: str, seq: str, args: dict[str, Any]) -> tuple[str, Any]:
     if call == "CreateModel":
         return "registry", pb.CreateModelRequest(name=f"{args['prefix']}-{seq}", description="bench")
     if call == "CreateModelVersion":
-        return "registry", pb.CreateModelVersionRequest(model_name=args["model"], checkpoint_uuid=args["checkpoint"])
+        return "registry", pb.CreateModelVersionRequest(
+            model_name=args["model"], checkpoint_uuid=args["checkpoint"], request_id=f"{args['prefix']}-{seq}"
+        )
+    if call == "SetModelAlias":  # moves the alias between the model's versions 1..10
+        return "registry", pb.SetModelAliasRequest(
+            model_name=args["model"], alias=args["alias"], version=1 + sum(map(ord, seq)) % 10
+        )
     if call == "UpdateModelMetadata":
         merge = struct_pb2.Struct()
         merge.update({"bench": seq})
@@ -62,7 +76,7 @@ def run_job(job: Job) -> tuple[list[float], float]:
     with grpc.insecure_channel(job.target) as channel:
         stubs = {"health": health_pb2_grpc.HealthStub(channel), "registry": pb_grpc.ModelRegistryServiceStub(channel)}
         stub_name, _ = _request(job.call, "0", job.args)
-        method: Any = getattr(stubs[stub_name], job.call)
+        method: Any = getattr(stubs[stub_name], job.call.partition(":")[0])
         counter = iter(range(10**9))
         timings: list[tuple[float, float]] = []
         start = time.perf_counter()

@@ -33,14 +33,16 @@ from .load import LoadGenerator, Result
 from .server import BenchServer
 
 RESULTS_DIR = Path(__file__).parent / "results"
-READS = ("GetModel", "GetModelVersion", "ListModels")
-WRITES = ("CreateModel", "CreateModelVersion", "UpdateModelMetadata")
+# The calls of the issue's table; "GetModelVersion" is the latest, ":number" and ":alias" the others.
+READS = ("GetModel", "GetModelVersion", "GetModelVersion:number", "GetModelVersion:alias", "GetCheckpoint",
+         "ListModels", "ListModelVersions")
+WRITES = ("CreateModel", "CreateModelVersion", "SetModelAlias", "UpdateModelMetadata")
 IN_FLIGHT = (1, 16)
 # Targets of the issue, on the SQLite default with one server process.
 TARGETS = {
-    ("GetModel", 1): 0.7, ("GetModel", 16): 0.5,
-    ("GetModelVersion", 1): 0.7, ("GetModelVersion", 16): 0.5,
-    ("CreateModel", 1): 0.5, ("CreateModelVersion", 1): 0.5,
+    **{(call, n): target for call in READS[:5] for n, target in ((1, 0.7), (16, 0.5))},
+    **{(call, n): target for call in WRITES for n, target in ((1, 0.5), (16, 0.3))},
+    **{(call, n): target for call in READS[5:] for n, target in ((1, 0.35), (16, 0.2))},
 }
 MAX_SCALE_RATIO = 1.5
 MAX_RSS_IDLE_MB, MAX_RSS_LOADED_MB = 80, 150
@@ -210,21 +212,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loader = Loader(db.url)
         stack.callback(loader.close)
         checkpoint = loader.checkpoint()
-        named = ["shallow-versions", "deep-versions", "write-target"] + [f"findme-{i:02d}" for i in range(FILTER_MATCHES)]
+        named = ["shallow-versions", "deep-versions", "write-target", "listed-versions"]
+        named += [f"findme-{i:02d}" for i in range(FILTER_MATCHES)]
         loader.models(named)
         loader.models(_sizes(args.small_models - len(named), "model"))
         loader.versions(loader.model_ids("shallow-versions", 1), 10, checkpoint)
+        loader.versions(loader.model_ids("listed-versions", 1), 60, checkpoint)
+        loader.versions(loader.model_ids("write-target", 1), 10, checkpoint)
+        loader.alias("shallow-versions", "production", 3)
         bench = Bench(args, server, load)
 
         _progress(f"scale runs at {args.small_models} models")
         small = bench.scale_point(args.small_models)
 
         _progress("throughput beside the baseline")
-        model_args = {"model": "shallow-versions"}
-        write_args = {"model": "write-target", "checkpoint": checkpoint}
+        model_args = {"model": "shallow-versions", "alias": "production", "checkpoint": checkpoint}
+        write_args = {"model": "write-target", "checkpoint": checkpoint, "alias": "canary"}
         throughput = bench.throughput({
-            "GetModel": model_args, "GetModelVersion": model_args, "ListModels": {},
-            "CreateModel": {}, "CreateModelVersion": write_args, "UpdateModelMetadata": write_args,
+            **{call: model_args for call in READS}, "ListModels": {}, "ListModelVersions": {"model": "listed-versions"},
+            **{call: write_args for call in WRITES},
         })
         loader.delete_models("w-")
 

@@ -72,7 +72,7 @@ def end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str)
     ends it CANCELLED without a word; the call object underneath takes a code and details."""
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
     try:
-        from grpc._cython import cygrpc
+        from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
         call.cancel(getattr(cygrpc.StatusCode, code.name.lower()), details)  # type: ignore[union-attr]
     except Exception:  # another grpcio: the public way, without the reason

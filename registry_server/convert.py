@@ -73,7 +73,7 @@ def checkpoint(row: rows.CheckpointRow | tables.Checkpoint) -> checkpoint_pb2.Ch
         framework=row.framework,
         format=row.format,
         metrics=to_struct(row.metrics),
-        state=row.state,
+        state=checkpoint_pb2.CheckpointState.ValueType(row.state),
         storage_uri=row.storage_uri,
         report_time=timestamp(row.report_time),
         owner=row.owner,
@@ -97,8 +97,8 @@ def model_version(row: rows.VersionRow) -> model_pb2.ModelVersion:
     )
 
 
-def alias_change(row: tables.AliasChange) -> model_pb2.AliasChange:
-    """A history row with `model_name` set (store.list_alias_history)."""
+def alias_change(row: Any) -> model_pb2.AliasChange:
+    """A history row (tables.AliasChange) with `model_name` selected too (store.list_alias_history)."""
     return model_pb2.AliasChange(
         model_name=row.model_name,
         alias=row.alias,
@@ -114,7 +114,7 @@ def event(row: tables.Event) -> event_pb2.Event:
         sequence=row.sequence,
         time=timestamp(row.time),
         principal=row.principal,
-        kind=row.kind,
+        kind=event_pb2.EventKind.ValueType(row.kind),
         model_name=row.model_name,
         version=row.version,
         alias=row.alias,

@@ -7,7 +7,7 @@ import fcntl
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 import peewee as pw
@@ -148,11 +148,49 @@ def migrate(db: pw.Database) -> list[str]:
     try:
         with db.connection_context(), _migration_lock(db):
             applied = Runner(db, MIGRATIONS_DIR).up()
+            if not is_sqlite(db):
+                ensure_name_index(db)
     finally:
         runner_log.setLevel(level)
     for name in applied:
         log.info("applied migration %s", name)
     return applied
+
+
+NAME_INDEX = "model_name_key_trgm"
+
+
+def ensure_name_index(db: pw.Database) -> bool:
+    """PostgreSQL: a trigram GIN index of the folded model names (name_key), so that ListModels' name
+    filter (LIKE '%text%') reads the matching models instead of scanning every name. It needs the
+    pg_trgm extension (trusted since PostgreSQL 13: a database owner may create it), made in `public`
+    so that dropping another schema never takes it along. Tried at every start until it exists; when
+    the extension cannot be created, a warning says so and the filter scans. True when the index exists."""
+    exists = "SELECT 1 FROM pg_indexes WHERE indexname = %s AND schemaname = current_schema()"
+    if db.execute_sql(exists, (NAME_INDEX,)).fetchone():
+        return True
+    try:
+        with db.atomic():
+            found = db.execute_sql("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'")
+            row = found.fetchone()
+            if row is None:
+                db.execute_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+                schema = "public"
+            else:
+                schema = row[0]
+            db.execute_sql(
+                f'CREATE INDEX IF NOT EXISTS {NAME_INDEX} ON model USING gin (name_key "{schema}".gin_trgm_ops)'
+            )
+        log.info("made the trigram index of model names (pg_trgm)")
+        return True
+    except pw.DatabaseError as error:
+        log.warning(
+            "ListModels' name filter will scan every model name: no trigram index (%s). Hint: let the "
+            "registry's database user create the pg_trgm extension (CREATE EXTENSION pg_trgm SCHEMA public, "
+            "as a superuser), and restart",
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
+        return False
 
 
 def ping(db: pw.Database) -> bool:
@@ -169,10 +207,17 @@ def ping(db: pw.Database) -> bool:
 def discard_idle_connections(db: pw.Database) -> None:
     """After a connection failed, the idle ones in the pool are likely dead too (the database was
     restarted, or dropped us): close them, so that the next calls open fresh ones."""
+    pool: Any = db  # playhouse's pooled databases, untyped
     try:
-        db.close_idle()
+        pool.close_idle()
     except pw.PeeweeException:
         pass
+
+
+def close_pool(db: pw.Database) -> None:
+    """Closes every connection of the database's pool (at shutdown)."""
+    pool: Any = db
+    pool.close_all() if hasattr(pool, "close_all") else pool.close()
 
 
 _SECRET_PARAMETERS = {"password", "sslpassword", "passfile", "sslkey"}

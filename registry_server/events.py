@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 import peewee as pw
 
+from . import prepared
 from .db import is_sqlite
 from .tables import Event, EventCounter, now_us
 
@@ -36,6 +37,13 @@ class EventLog:
         self.db = db
         self.poll_interval = poll_interval
         self._sqlite = is_sqlite(db)
+        # Built once (prepared.py): the counter's bump and the insert of one event, on every write.
+        self._take_numbers = prepared.PreparedQuery(
+            EventCounter.update(last_sequence=EventCounter.last_sequence + prepared.param("count"))
+            .where(EventCounter.id == 1)
+            .returning(EventCounter.last_sequence)
+        )
+        self._insert = prepared.insert(Event)
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every wake-up, so that none is missed between query and wait
         self._stopping = threading.Event()
@@ -54,18 +62,10 @@ class EventLog:
         taken last, so it cannot deadlock with the row locks taken before it."""
         if not recorded:
             return
-        query = (
-            EventCounter.update(last_sequence=EventCounter.last_sequence + len(recorded))
-            .where(EventCounter.id == 1)
-            .returning(EventCounter.last_sequence)
-        )
-        last = next(iter(query.execute())).last_sequence
+        last = self._take_numbers.value(self.db, count=len(recorded))
         now = now_us()
-        rows = [
-            {**event, "sequence": last - len(recorded) + i, "time": now, "principal": principal}
-            for i, event in enumerate(recorded, start=1)
-        ]
-        Event.insert_many(rows).execute()
+        for i, event in enumerate(recorded, start=1):
+            self._insert.execute(self.db, **event, sequence=last - len(recorded) + i, time=now, principal=principal)
         if not self._sqlite:
             # Delivered at COMMIT, to every replica LISTENing: their watchers need not wait for a poll.
             self.db.execute_sql("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(last)))

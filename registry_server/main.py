@@ -30,6 +30,7 @@ from .storage import open_storage
 log = logging.getLogger("registry_server")
 
 STOP_MARGIN_S = 5.0  # after SIGTERM, grace plus this margin, then the kernel ends the process (SIGALRM)
+SIGNAL_POLL_S = 0.2  # the main thread runs signal handlers delivered to other threads this often
 WORKER_PROBE_TIMEOUT_S = 30.0
 WORKER_PROBE_INTERVAL_S = 1.0
 # A worker that exits before it ever answered its health probe failed to start: it is started again
@@ -280,7 +281,7 @@ def _serve(
     )
     if probe is not None:
         threading.Thread(target=_prove_alive, args=(probe[0], probe[1], stop), name="probe", daemon=True).start()
-    stop.wait()
+    wait_for_stop(stop)
     # Whatever state the process is in (a wedged thread, a call that ignores cancellation), the
     # kernel ends it once the grace period and a margin are over: SIGALRM's default action needs no
     # Python thread, not even the GIL.
@@ -333,7 +334,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
         auth.check_exposure(args.host, args.auth_tokens is not None, args.insecure_allow_unauthenticated)
         db = database.connect(args.database_url)
         database.migrate(db)  # once, here, rather than racing in every worker
-        db.close_all()
+        database.close_pool(db)
     except (OSError, ValueError, pw.PeeweeException) as error:
         log.error("cannot start: %s", _start_error(error, args.database_url))
         return 1
@@ -462,6 +463,15 @@ def _serve_workers(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(private, ignore_errors=True)
     return 1 if failed else 0
+
+
+def wait_for_stop(stop: threading.Event) -> None:
+    """Blocks the main thread until `stop` is set. Python runs signal handlers in the main thread,
+    between bytecodes: when the kernel hands a signal to one of gRPC's threads instead, a main thread
+    blocked for good in wait() would never run the handler (a SIGHUP or SIGTERM lost, as a CI run
+    showed). Waking up every SIGNAL_POLL_S runs a pending handler within that time."""
+    while not stop.wait(SIGNAL_POLL_S):
+        pass
 
 
 def _signal_worker(pid: int, signum: int) -> None:

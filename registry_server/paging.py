@@ -116,7 +116,7 @@ class Page(Generic[T]):
 
 
 def fetch(
-    query: pw.SelectQuery,
+    query: pw.ModelSelect[Any],
     size: int,
     total_size: int | Callable[[], int],
     tokens: PageTokens,
@@ -127,7 +127,23 @@ def fetch(
     """Runs `query` (filtered, ordered and positioned by the caller) for one page of `size` rows: it
     reads one more to know whether more follow. With `read`, the query's raw tuples are read into
     rows by it (rows.py), and `position` gets the raw tuple; otherwise rows are peewee instances."""
-    raw = list((query.tuples() if read is not None else query).limit(size + 1))
+    if read is None:
+        raw: list[Any] = list(query.limit(size + 1))
+    else:  # the cursor's own tuples: no peewee converters, `read` decodes what needs it
+        raw = _fetchall(query.model._meta.database.execute(query.limit(size + 1)))
+    return page_of(raw, size, total_size, tokens, fingerprint, position, read)
+
+
+def page_of(
+    raw: list[Any],
+    size: int,
+    total_size: int | Callable[[], int],
+    tokens: PageTokens,
+    fingerprint: Any,
+    position: Callable[[Any], list[Any]],
+    read: Callable[[Sequence[Any]], T] | None = None,
+) -> Page[Any]:
+    """The page of `raw`, the rows of a query run for `size` + 1 rows (see fetch)."""
     more = len(raw) > size
     raw = raw[:size]
     return Page(
@@ -136,3 +152,10 @@ def fetch(
         more,
         lambda index: tokens.encode(fingerprint, position(raw[index])),
     )
+
+
+def _fetchall(cursor: Any) -> list[Any]:
+    try:
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()

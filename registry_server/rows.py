@@ -88,8 +88,9 @@ def _reader(fields: Sequence[str], json_is_text: bool) -> Callable[[Sequence[Any
     def read(raw: Sequence[Any]) -> tuple[Any, ...]:
         values = list(raw)
         for i in json_at:
-            if isinstance(values[i], str):
-                values[i] = loads(values[i])
+            value = values[i]
+            if isinstance(value, str):  # empty objects and lists are most of them: no parse for those
+                values[i] = {} if value == "{}" else [] if value == "[]" else loads(value)
         for i in bool_at:
             values[i] = bool(values[i])
         return tuple(values)
@@ -118,19 +119,22 @@ class RowReaders:
         own = len(_VERSION_OWN)
         checkpoint_end = own + 1 + len(CHECKPOINT_COLUMNS)
         aliases = raw[checkpoint_end] if len(raw) > checkpoint_end else None
-        return VersionRow(
-            *self._version(raw[:own]),
-            raw[own],
-            self.checkpoint(raw[own + 1 : checkpoint_end]),
-            aliases.split(",") if aliases else [],
+        return VersionRow._make(
+            (*self._version(raw[:own]), raw[own], self.checkpoint(raw[own + 1 : checkpoint_end]), aliases.split(",") if aliases else [])
         )
 
 
-def version_of(version: ModelVersion, model_name: str, checkpoint: Checkpoint, aliases: list[str]) -> VersionRow:
-    """The row of a version just written, from the instances at hand (no read back)."""
-    own = [getattr(version, "model_id" if name == "model_id" else name) for name in _VERSION_OWN]
-    checkpoint_row = CheckpointRow._make(getattr(checkpoint, name) for name in CheckpointRow._fields)
-    return VersionRow(*own, model_name, checkpoint_row, aliases)
+def checkpoint_of(checkpoint: Checkpoint) -> CheckpointRow:
+    """The row of a checkpoint just written, from its instance (no read back)."""
+    return CheckpointRow._make(getattr(checkpoint, name) for name in CheckpointRow._fields)
+
+
+def version_row(
+    row_id: int, values: dict[str, Any], model_name: str, checkpoint: CheckpointRow, aliases: list[str]
+) -> VersionRow:
+    """The row of a version just inserted with `values` (ModelVersion's fields), without a read back."""
+    own = {**values, "id": row_id, "model_id": values["model"]}
+    return VersionRow._make((*(own[name] for name in _VERSION_OWN), model_name, checkpoint, aliases))
 
 
 def aliases_of_version(sqlite: bool) -> pw.Node:

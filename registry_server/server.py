@@ -137,7 +137,7 @@ class RegistryServer:
         self.servicer.store.events.stop()
         self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
         self.calls.shutdown()
-        self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
+        database.close_pool(self.db)
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def build_server(
         bound = 0
     if not bound:
         calls.shutdown()
-        db.close_all() if hasattr(db, "close_all") else db.close()
+        database.close_pool(db)
         raise OSError(f"cannot bind {host}:{port}")
     running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens)
     running.sweep_storage(collect=False)  # blobs are listed by the periodic sweeps only: a start stays quick

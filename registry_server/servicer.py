@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # A page of a List* answer stops before its items exceed this many bytes (with a next_page_token),
 # though it always holds one item: the field limits keep any one item well under gRPC's 4 MiB.
 PAGE_BYTES = 2 * 1024 * 1024
-SORT_KEYS = {
+SORT_KEYS: dict[int, str] = {
     model_pb2.MODEL_SORT_BY_UNSPECIFIED: "name",
     model_pb2.MODEL_SORT_BY_NAME: "name",
     model_pb2.MODEL_SORT_BY_DESCRIPTION: "description",
@@ -118,7 +118,10 @@ def _changes(mask_paths: list[str], message: Message) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     fields = message.DESCRIPTOR.fields_by_name
     for path in mask_paths:
-        value = getattr(message, path) if path in fields else None
+        if path not in fields:
+            changes[path] = None  # names no field at all: the store refuses it
+            continue
+        value = getattr(message, path)
         if path == "metadata":
             value = convert.from_struct(value, path)
         elif path in ("labels", "editors"):

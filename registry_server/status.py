@@ -70,7 +70,7 @@ def storage_error(error: OSError) -> errors.RegistryError:
     return errors.Unavailable("STORAGE_UNAVAILABLE", "the registry's file storage failed; retry later")
 
 
-def refusal(db: pw.Database, rpc: str, error: Exception) -> errors.RegistryError:
+def refusal(db: pw.Database, rpc: str, error: errors.RegistryError | pw.PeeweeException | OSError) -> errors.RegistryError:
     """The registry error to answer with, for a refusal, a database failure or a storage failure."""
     if isinstance(error, errors.RegistryError):
         return error

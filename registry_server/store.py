@@ -19,6 +19,7 @@ from . import paging, validation
 from .db import is_sqlite
 from .events import EventLog
 from . import rows
+from . import prepared
 from .prepared import PreparedQuery, param
 from .rows import CHECKPOINT_COLUMNS, MODEL_COLUMNS, VERSION_COLUMNS, CheckpointRow, ModelRow, RowReaders, VersionRow
 from .transactions import RequestKey, Transactions
@@ -44,7 +45,7 @@ from .tables import (
     now_us,
 )
 
-MODEL_SORT_KEYS = {
+MODEL_SORT_KEYS: dict[str, pw.Field[Any]] = {
     "name": Model.name,
     "description": Model.description,
     "creation_time": Model.creation_time,
@@ -109,9 +110,66 @@ class RegistryStore:
             .where(ModelAlias.alias == param("alias"))
             .limit(1)
         )
-        self._checkpoint_by_uuid = PreparedQuery(
-            Checkpoint.select(*CHECKPOINT_COLUMNS).where(Checkpoint.uuid == param("uuid")).limit(1)
+        checkpoint_by_uuid = Checkpoint.select(*CHECKPOINT_COLUMNS).where(Checkpoint.uuid == param("uuid")).limit(1)
+        self._checkpoint_by_uuid = PreparedQuery(checkpoint_by_uuid)
+        # Pages of a model's versions, by (newest first, after a position).
+        self._version_pages = {
+            (descending, after): PreparedQuery(self._version_page(descending, after))
+            for descending in (True, False)
+            for after in (True, False)
+        }
+        # The hot writes. A registration reads its checkpoint locked (shared) until commit: an upload
+        # recording files to it (which takes the row lock) comes wholly before it or is refused after
+        # it (CHECKPOINT_IN_USE). SQLite's one writer at a time gives the same.
+        self._checkpoint_to_register = PreparedQuery(
+            checkpoint_by_uuid if self._sqlite else checkpoint_by_uuid.for_update("FOR SHARE")  # type: ignore[arg-type]  # peewee takes the clause as text
         )
+        locked_columns = (*MODEL_COLUMNS, Model.last_assigned_version)
+        by_name = Model.name == param("name")
+        self._touch_model = PreparedQuery(
+            Model.update(last_updated_time=param("now")).where(by_name).returning(*locked_columns)
+        )
+        # The counter is bumped by the UPDATE that locks the row: two registrations cannot read the
+        # same number, and a number is never handed out twice, even after deletes.
+        self._bump_model = PreparedQuery(
+            Model.update(
+                last_assigned_version=Model.last_assigned_version + 1,
+                latest_version=Model.last_assigned_version + 1,
+                num_versions=Model.num_versions + 1,
+                last_updated_time=param("now"),
+            )
+            .where(by_name)
+            .returning(*locked_columns)
+        )
+        self._set_metadata = PreparedQuery(
+            Model.update(metadata=param("metadata", Model.metadata)).where(Model.id == param("id"))
+        )
+        self._insert_model_row = prepared.insert(Model, *MODEL_COLUMNS)
+        self._insert_label = prepared.insert(ModelLabel)
+        self._twin = PreparedQuery(
+            Model.select(Model.name)
+            .where((Model.name_key == param("key")) & (Model.name != param("name")) & (Model.id != param("id")))
+            .limit(1)
+        )
+        self._insert_version = prepared.insert(ModelVersion, ModelVersion.id)
+        self._version_exists = PreparedQuery(
+            ModelVersion.select(ModelVersion.id)
+            .where((ModelVersion.model == param("model")) & (ModelVersion.version == param("version")))
+            .limit(1)
+        )
+        self._alias_at = PreparedQuery(
+            ModelAlias.select(ModelAlias.id, ModelAlias.version)
+            .where((ModelAlias.model == param("model")) & (ModelAlias.alias == param("alias")))
+            .limit(1)
+        )
+        self._alias_count = PreparedQuery(
+            ModelAlias.select(pw.fn.COUNT(ModelAlias.id)).where(ModelAlias.model == param("model"))
+        )
+        self._insert_alias = prepared.insert(ModelAlias)
+        self._move_alias = PreparedQuery(
+            ModelAlias.update(version=param("version")).where(ModelAlias.id == param("id"))
+        )
+        self._insert_alias_change = prepared.insert(AliasChange)
 
     def _page_tokens(self) -> paging.PageTokens:
         """Page tokens signed with this database's key (migration 0007), read once."""
@@ -120,7 +178,7 @@ class RegistryStore:
             self._tokens = paging.PageTokens(bytes.fromhex(key))
         return self._tokens
 
-    def _may_change(self, model: Model, version: ModelVersion | None = None) -> None:
+    def _may_change(self, model: Model | ModelRow, version: ModelVersion | None = None) -> None:
         """Changes to a model, its versions and aliases are for its owner, the editors it names, and
         admins; changes to one version also for that version's owner."""
         actor = self.tx.actor()
@@ -160,7 +218,7 @@ class RegistryStore:
         owner: str | None = None,
         request: RequestKey | None = None,
         editors: list[str] | None = None,
-    ) -> Model:
+    ) -> ModelRow:
         """Creates a model owned by `owner` (by default the principal acting)."""
         name = validation.name(name)
         values = {
@@ -179,28 +237,33 @@ class RegistryStore:
             lambda: AlreadyExists("MODEL_ALREADY_EXISTS", f"model {name!r} already exists", model_name=name),
         )
 
-    @staticmethod
-    def _created_model(row_id: int) -> Model:
-        model = Model.get_or_none(Model.id == row_id)
-        if model is None:
+    def _created_model(self, row_id: int) -> ModelRow:
+        raw = Model.select(*MODEL_COLUMNS).where(Model.id == row_id).tuples().first()
+        if raw is None:
             raise _result_deleted("model")
-        return model
+        return self.read.model(raw)
 
-    def _insert_model(self, values: dict[str, Any], *, if_missing: bool = False) -> Model | None:
+    def _insert_model(self, values: dict[str, Any], *, if_missing: bool = False) -> ModelRow | None:
         """Inserts a model of validated values; with `if_missing`, None when the name is taken.
         A name that differs from a taken one only by case or Unicode form is refused."""
         now = now_us()
         key = validation.name_key(values["name"])
         self._refuse_twin(values["name"], key)
-        query = Model.insert(creation_time=now, last_updated_time=now, name_key=key, **values)
         if if_missing:
-            query = query.on_conflict_ignore()
-        inserted = list(query.returning(Model).execute())
-        if not inserted:
+            query = Model.insert(creation_time=now, last_updated_time=now, name_key=key, **values)
+            raw = query.on_conflict_ignore().returning(*MODEL_COLUMNS).tuples().execute()
+            inserted = next(iter(raw), None)
+        else:
+            inserted = self._insert_model_row.first(
+                self.db, creation_time=now, last_updated_time=now, name_key=key, **values
+            )
+        if inserted is None:
             return None
-        self._set_label_rows(inserted[0].id, values["labels"])
+        model = self.read.model(inserted)
+        for label in values["labels"]:
+            self._insert_label.execute(self.db, model=model.id, label=label)
         self.tx.event(ev.EVENT_KIND_MODEL_CREATED, values["name"])
-        return inserted[0]
+        return model
 
     def _refuse_twin(self, name: str, key: str, model_id: int = 0) -> None:
         """Within a write: refuses `name` when another model (not `model_id`) has a different name that
@@ -210,13 +273,13 @@ class RegistryStore:
         if not self._sqlite:
             lock = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
             self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (lock,))
-        twin = Model.select(Model.name).where(Model.name_key == key, Model.name != name, Model.id != model_id).first()
+        twin = self._twin.first(self.db, key=key, name=name, id=model_id)
         if twin is not None:
             raise AlreadyExists(
                 "MODEL_ALREADY_EXISTS",
-                f"model {twin.name!r} exists, and names that differ only by case or Unicode form are the same name",
+                f"model {twin[0]!r} exists, and names that differ only by case or Unicode form are the same name",
                 model_name=name,
-                existing_name=twin.name,
+                existing_name=twin[0],
             )
 
     def get_model(self, name: str) -> ModelRow:
@@ -254,7 +317,7 @@ class RegistryStore:
         if query.owner:
             filters.append(Model.owner == query.owner)
 
-        def select(*columns: pw.Field) -> pw.ModelSelect:
+        def select(*columns: pw.Field) -> pw.ModelSelect[Any]:
             return Model.select(*columns).where(*filters) if filters else Model.select(*columns)
 
         rows_query = select(*MODEL_COLUMNS)
@@ -284,7 +347,7 @@ class RegistryStore:
         # Both sides are folded already: PostgreSQL compares them with LIKE (its ILIKE would fold
         # again, by rules of its own); peewee spells SQLite's LIKE (which folds ASCII only) "ILIKE".
         operator = pw.OP.ILIKE if self._sqlite else pw.OP.LIKE
-        return pw.Expression(Model.name_key, operator, Model.name_key._escape_like_expr(folded, "%%%s%%"))
+        return pw.Expression(Model.name_key, operator, Model.name_key._escape_like_expr(folded, "%%%s%%"))  # type: ignore[attr-defined]
 
     def _lock_model(self, model_name: str, *, editable: bool = True, **changes: Any) -> Model:
         """Updates the model row first, so that the row (PostgreSQL) or the database (SQLite) is locked
@@ -297,10 +360,19 @@ class RegistryStore:
         if model is None:
             raise model_not_found(model_name)
         if editable and model.archived:
-            raise FailedPrecondition(
-                "MODEL_ARCHIVED", f"model {model_name!r} is archived; unarchive it first", model_name=model_name
-            )
+            raise _archived(model_name)
         return model
+
+    def _locked(self, statement: PreparedQuery, model_name: str, *, editable: bool = True) -> tuple[ModelRow, int]:
+        """As _lock_model, by a prepared UPDATE (_touch_model or _bump_model): the model's row as
+        updated, and its last assigned version number."""
+        raw = statement.first(self.db, name=_nfc(model_name), now=now_us())
+        if raw is None:
+            raise model_not_found(model_name)
+        model = self.read.model(raw[:-1])
+        if editable and model.archived:
+            raise _archived(model_name)
+        return model, raw[-1]
 
     def _set_label_rows(self, model_id: int, labels: list[str]) -> None:
         ModelLabel.delete().where(ModelLabel.model == model_id).execute()
@@ -339,19 +411,19 @@ class RegistryStore:
                 "MODEL_ALREADY_EXISTS", f"model {new_name!r} already exists", model_name=new_name
             )
 
-    def update_model_metadata(self, name: str, merge: dict[str, Any], remove_keys: list[str]) -> Model:
+    def update_model_metadata(self, name: str, merge: dict[str, Any], remove_keys: list[str]) -> ModelRow:
         """Top-level keys of `merge` replace or add, then `remove_keys` go: one step under the row lock,
         so concurrent merges of different keys never lose each other's."""
         validation.json_object(merge, "merge")
         remove_keys = validation.metadata_keys(remove_keys)
         with self.tx.write():
-            model = self._lock_model(name)
+            model, _ = self._locked(self._touch_model, name)
             self._may_change(model)
             metadata = {**model.metadata, **merge}
             for key in remove_keys:
                 metadata.pop(key, None)
-            model.metadata = validation.json_object(metadata, "metadata")
-            Model.update(metadata=model.metadata).where(Model.id == model.id).execute()
+            model = model._replace(metadata=validation.json_object(metadata, "metadata"))
+            self._set_metadata.execute(self.db, metadata=model.metadata, id=model.id)
             self.tx.event(ev.EVENT_KIND_MODEL_UPDATED, name)
         return model
 
@@ -374,7 +446,7 @@ class RegistryStore:
     def list_model_labels(self) -> list[str]:
         uses = pw.fn.COUNT(ModelLabel.id)
         query = ModelLabel.select(ModelLabel.label).group_by(ModelLabel.label).order_by(uses.desc(), ModelLabel.label)
-        return [label for (label,) in query.tuples()]
+        return list(query.scalars())
 
     # Model versions -----------------------------------------------------------------------------
 
@@ -414,57 +486,39 @@ class RegistryStore:
             model_name = validation.name(model_name, "model_name")
             new_model = {"name": model_name, "labels": [], "owner": owner, "editors": []}
 
-        def create() -> ModelVersion:
+        def create() -> VersionRow:
             if new_model is not None:
                 self._insert_model(new_model, if_missing=True)
-            now = now_us()
-            # The counter is bumped by the UPDATE that locks the row: two registrations cannot read
-            # the same number, and a number is never handed out twice, even after deletes.
-            model = self._lock_model(
-                model_name,
-                last_assigned_version=Model.last_assigned_version + 1,
-                latest_version=Model.last_assigned_version + 1,
-                num_versions=Model.num_versions + 1,
-                last_updated_time=now,
-            )
+            model, number = self._locked(self._bump_model, model_name)
             self._may_change(model)
             if checkpoint_values is not None:
-                checkpoint_row = self._insert_checkpoint(checkpoint_values)
+                checkpoint_row = rows.checkpoint_of(self._insert_checkpoint(checkpoint_values))
             else:
-                # Locked (shared) until commit: an upload recording files to it (which takes the row
-                # lock) comes wholly before the registration or is refused after it (CHECKPOINT_IN_USE).
-                query = Checkpoint.select().where(Checkpoint.uuid == checkpoint_uuid)
-                checkpoint_row = (query if self._sqlite else query.for_update("FOR SHARE")).first()
-                if checkpoint_row is None:
+                raw = self._checkpoint_to_register.first(self.db, uuid=checkpoint_uuid)
+                if raw is None:
                     raise checkpoint_not_found(checkpoint_uuid)
+                checkpoint_row = self.read.checkpoint(raw)
             if checkpoint_row.state != cp.CHECKPOINT_STATE_COMPLETED:
                 raise FailedPrecondition(
                     "CHECKPOINT_NOT_COMPLETED",
                     f"checkpoint {checkpoint_row.uuid!r} is not COMPLETED",
                     checkpoint_uuid=checkpoint_row.uuid,
                 )
-            version = ModelVersion.create(
-                model=model,
-                version=model.last_assigned_version,
-                checkpoint=checkpoint_row,
-                owner=owner,
-                creation_time=now,
-                last_updated_time=now,
-                **values,
-            )
-            self.tx.event(
-                ev.EVENT_KIND_MODEL_VERSION_CREATED, model.name, version=version.version, checkpoint_uuid=checkpoint_row.uuid
-            )
+            now = model.last_updated_time
+            own = {"model": model.id, "version": number, "checkpoint": checkpoint_row.id, "owner": owner,
+                   "creation_time": now, "last_updated_time": now, **values}
+            row_id = self._insert_version.value(self.db, **own)
+            self.tx.event(ev.EVENT_KIND_MODEL_VERSION_CREATED, model.name, version=number, checkpoint_uuid=checkpoint_row.uuid)
             for alias in aliases:
-                self._point_alias(model, alias, version.version)
-            return rows.version_of(version, model.name, checkpoint_row, sorted(aliases))
+                self._point_alias(model, alias, number)
+            return rows.version_row(row_id, own, model.name, checkpoint_row, sorted(aliases))
 
         def conflict() -> Exception | None:
             return _checkpoint_exists(checkpoint_values["uuid"]) if checkpoint_values is not None else None
 
         return self.tx.create_once(request, create, self._version_by_id, conflict)
 
-    def _versions(self) -> pw.ModelSelect:
+    def _versions(self) -> pw.ModelSelect[Any]:
         """Versions with their model's name, their checkpoint and their aliases: rows.VERSION_COLUMNS."""
         return (
             ModelVersion.select(*VERSION_COLUMNS, rows.aliases_of_version(self._sqlite))
@@ -472,6 +526,13 @@ class RegistryStore:
             .switch(ModelVersion)
             .join(Checkpoint)
         )
+
+    def _version_page(self, descending: bool, after: bool) -> pw.ModelSelect[Any]:
+        query = self._versions().where(ModelVersion.model == param("model"))
+        if after:
+            query = query.where(_after([ModelVersion.version], [param("after")], descending))
+        order = ModelVersion.version.desc() if descending else ModelVersion.version.asc()
+        return query.order_by(order).limit(param("limit"))
 
     def _version_by_id(self, row_id: int) -> VersionRow:
         raw = self._versions().where(ModelVersion.id == row_id).tuples().first()
@@ -503,22 +564,14 @@ class RegistryStore:
         fingerprint = ["versions", model_name, descending]
         after = self._page_tokens().decode(page_token, fingerprint, [int])
         model = self.get_model(model_name)
-        query = self._versions().where(ModelVersion.model == model.id)
-        if after is not None:
-            query = query.where(_after([ModelVersion.version], after, descending))
-        order = ModelVersion.version.desc() if descending else ModelVersion.version.asc()
+        statement = self._version_pages[descending, after is not None]
         version_at = VersionRow._fields.index("version")
-        return paging.fetch(
-            query.order_by(order),
-            size,
-            model.num_versions,
-            self._page_tokens(),
-            fingerprint,
-            lambda raw: [raw[version_at]],
-            self.read.version,
+        raw = statement.rows(self.db, model=model.id, after=after[0] if after else 0, limit=size + 1)
+        return paging.page_of(
+            raw, size, model.num_versions, self._page_tokens(), fingerprint, lambda raw: [raw[version_at]], self.read.version
         )
 
-    def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> ModelVersion:
+    def update_version(self, model_name: str, version: int, changes: dict[str, Any]) -> VersionRow:
         """Replaces the given fields (of VERSION_FIELDS): by whoever may change the model, or the
         version's own owner."""
         validation.version(version)
@@ -547,9 +600,9 @@ class RegistryStore:
             row = self._version_row(model, version)
             self.must_own(f"delete version {version} of model {model.name!r}", row, model, model_name=model.name, version=version)
             # Aliases are moved under the same model row lock, so none can start pointing here now.
-            pointing = [a for (a,) in ModelAlias.select(ModelAlias.alias).where(
+            pointing = list(ModelAlias.select(ModelAlias.alias).where(
                 ModelAlias.model == model.id, ModelAlias.version == version
-            ).order_by(ModelAlias.alias).tuples()]
+            ).order_by(ModelAlias.alias).scalars())
             if pointing:
                 raise FailedPrecondition(
                     "VERSION_HAS_ALIASES",
@@ -578,15 +631,16 @@ class RegistryStore:
 
     # Aliases ------------------------------------------------------------------------------------
 
-    def set_alias(self, model_name: str, alias: str, version: int) -> ModelVersion:
+    def set_alias(self, model_name: str, alias: str, version: int) -> VersionRow:
         """Points `alias` at an existing version: one atomic step under the model's row lock, so that
         concurrent moves are serialised and each history entry starts where the previous one ended."""
         alias = validation.alias(alias)
         validation.version(version)
         with self.tx.write():
-            model = self._lock_model(model_name)
+            model, _ = self._locked(self._touch_model, model_name)
             self._may_change(model)
-            self._version_row(model, version)
+            if self._version_exists.first(self.db, model=model.id, version=version) is None:
+                raise version_not_found(model.name, version)
             self._point_alias(model, alias, version)
         return self.get_version(model.name, version)
 
@@ -601,28 +655,29 @@ class RegistryStore:
             current.delete_instance()
             self._alias_moved(model, alias, current.version, 0)
 
-    def _point_alias(self, model: Model, alias: str, version: int) -> None:
+    def _point_alias(self, model: Model | ModelRow, alias: str, version: int) -> None:
         """Within a write that holds the model's row lock: creates or moves the alias."""
-        current = ModelAlias.get_or_none(ModelAlias.model == model.id, ModelAlias.alias == alias)
-        if current is not None and current.version == version:
+        current = self._alias_at.first(self.db, model=model.id, alias=alias)
+        if current is not None and current[1] == version:
             return
         if current is None:
-            if ModelAlias.select().where(ModelAlias.model == model.id).count() >= validation.MAX_ALIASES_PER_MODEL:
+            if self._alias_count.value(self.db, model=model.id) >= validation.MAX_ALIASES_PER_MODEL:
                 raise FailedPrecondition(
                     "MODEL_ALIAS_LIMIT",
                     f"model {model.name!r} has {validation.MAX_ALIASES_PER_MODEL} aliases already; delete one first",
                     model_name=model.name,
                     limit=validation.MAX_ALIASES_PER_MODEL,
                 )
-            ModelAlias.create(model=model.id, alias=alias, version=version)
+            self._insert_alias.execute(self.db, model=model.id, alias=alias, version=version)
         else:
-            ModelAlias.update(version=version).where(ModelAlias.id == current.id).execute()
-        self._alias_moved(model, alias, current.version if current else 0, version)
+            self._move_alias.execute(self.db, version=version, id=current[0])
+        self._alias_moved(model, alias, current[1] if current else 0, version)
 
-    def _alias_moved(self, model: Model, alias: str, previous: int, version: int) -> None:
+    def _alias_moved(self, model: Model | ModelRow, alias: str, previous: int, version: int) -> None:
         """Records a move (version 0: a removal) in the alias's history and in the event log."""
-        AliasChange.create(
-            model=model.id, alias=alias, previous_version=previous, version=version, time=now_us(), principal=self.tx.actor().name
+        self._insert_alias_change.execute(
+            self.db, model=model.id, alias=alias, previous_version=previous, version=version, time=now_us(),
+            principal=self.tx.actor().name,
         )
         kind = ev.EVENT_KIND_ALIAS_SET if version else ev.EVENT_KIND_ALIAS_DELETED
         self.tx.event(kind, model.name, alias=alias, version=version, previous_version=previous)
@@ -716,7 +771,7 @@ class RegistryStore:
             filters.append(Checkpoint.trial_id == query.trial_id)
         fingerprint = ["checkpoints", query.__dict__]
 
-        def select(*columns: Any) -> pw.ModelSelect:
+        def select(*columns: Any) -> pw.ModelSelect[Any]:
             rows = Checkpoint.select(*columns)
             return rows.where(*filters) if filters else rows
 
@@ -755,7 +810,7 @@ class RegistryStore:
             rows_query, size, lambda: select().count(), tokens, fingerprint, position, self.read.checkpoint
         )
 
-    def _numeric_metric(self, key: str) -> pw.Node:
+    def _numeric_metric(self, key: str) -> pw.ColumnBase:
         """The value of metrics[key] when it is a number, else NULL, in the database's JSON dialect.
         The key is a bound parameter, never part of a JSON path: any key (quotes, backslashes, any
         script) means itself on both databases."""
@@ -860,6 +915,12 @@ def _checkpoint_in_use(uuid: str, model_name: str, version: int) -> FailedPrecon
 
 def _checkpoint_exists(uuid: str) -> AlreadyExists:
     return AlreadyExists("CHECKPOINT_ALREADY_EXISTS", f"checkpoint {uuid!r} already exists", checkpoint_uuid=uuid)
+
+
+def _archived(model_name: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "MODEL_ARCHIVED", f"model {model_name!r} is archived; unarchive it first", model_name=model_name
+    )
 
 
 def _alias_not_found(model_name: str, alias: str) -> NotFound:

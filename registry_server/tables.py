@@ -15,6 +15,9 @@ def now_us() -> int:
 
 
 class Table(pw.Model):
+    # Every table but Event has peewee's implicit auto-increment id; declared for the type checker only.
+    id: pw.AutoField[int]
+
     class Meta:
         database = database
         legacy_table_names = False
@@ -135,7 +138,7 @@ class ModelAlias(Table):
     """Where each alias of a model points now: one row per (model, alias), moved by one UPDATE."""
 
     model = pw.ForeignKeyField(Model, on_delete="CASCADE", backref="aliases")
-    alias = pw.CharField(max_length=128)
+    alias = pw.CharField(max_length=128)  # type: ignore[assignment]  # a column named as peewee's Model.alias()
     version = pw.IntegerField()
 
     class Meta:
@@ -147,7 +150,7 @@ class AliasChange(Table):
     """Every move of an alias, oldest first by id; it follows its model through renames."""
 
     model = pw.ForeignKeyField(Model, on_delete="CASCADE")
-    alias = pw.CharField(max_length=128)
+    alias = pw.CharField(max_length=128)  # type: ignore[assignment]  # a column named as peewee's Model.alias()
     previous_version = pw.IntegerField()  # 0: the alias was newly set
     version = pw.IntegerField()  # 0: the alias was deleted
     time = pw.BigIntegerField()
@@ -168,7 +171,7 @@ class Event(Table):
     kind = pw.SmallIntegerField()
     model_name = pw.CharField(max_length=256, default="")
     version = pw.IntegerField(default=0)
-    alias = pw.CharField(max_length=128, default="")
+    alias = pw.CharField(max_length=128, default="")  # type: ignore[assignment]  # a column named as peewee's Model.alias()
     previous_version = pw.IntegerField(default=0)
     checkpoint_uuid = pw.CharField(max_length=36, default="")
     new_model_name = pw.CharField(max_length=256, default="")

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import peewee as pw
 
-from . import events, validation
+from . import events, prepared, validation
 from .db import is_sqlite
 from .errors import AlreadyExists
 from .tables import RequestRecord
@@ -55,6 +55,13 @@ class Transactions:
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self._sqlite else contextlib.nullcontext()
         )
+        # Built once (prepared.py): the look-up and the record of a request_id, on every create that has one.
+        self._find_request = prepared.PreparedQuery(
+            RequestRecord.select(RequestRecord.method, RequestRecord.fingerprint, RequestRecord.result_id)
+            .where((RequestRecord.principal == prepared.param("principal")) & (RequestRecord.request_id == prepared.param("request_id")))
+            .limit(1)
+        )
+        self._record_request = prepared.insert(RequestRecord)
 
     @contextlib.contextmanager
     def acting_as(self, principal: str, admin: bool = True) -> Iterator[None]:
@@ -78,7 +85,8 @@ class Transactions:
         commits, and the event log is told after. On SQLite it takes the write lock at BEGIN, so that
         two writers never read the same state and then collide on upgrading their locks."""
         assert getattr(self._local, "events", None) is None, "write transactions do not nest"
-        self._local.events = recorded = []
+        recorded: list[dict[str, Any]] = []
+        self._local.events = recorded
         try:
             with self._write_lock, self.db.atomic(**({"lock_type": "IMMEDIATE"} if self._sqlite else {})):
                 yield
@@ -111,7 +119,8 @@ class Transactions:
                     return found
                 row = create()
                 if key is not None:
-                    RequestRecord.create(
+                    self._record_request.execute(
+                        self.db,
                         principal=self.actor().name,
                         request_id=key.request_id,
                         method=key.method,
@@ -134,19 +143,18 @@ class Transactions:
         different request under the same id is refused."""
         if key is None:
             return None
-        record = RequestRecord.get_or_none(
-            (RequestRecord.principal == self.actor().name) & (RequestRecord.request_id == key.request_id)
-        )
+        record = self._find_request.first(self.db, principal=self.actor().name, request_id=key.request_id)
         if record is None:
             return None
-        if (record.method, record.fingerprint) != (key.method, key.fingerprint):
+        method, fingerprint, result_id = record
+        if (method, fingerprint) != (key.method, key.fingerprint):
             raise AlreadyExists(
                 "REQUEST_ID_REUSED",
-                f"request_id {key.request_id!r} was already used by a different {record.method} request",
+                f"request_id {key.request_id!r} was already used by a different {method} request",
                 request_id=key.request_id,
-                method=record.method,
+                method=method,
             )
-        return load(record.result_id)
+        return load(result_id)
 
     def purge_request_records(self, retention_s: float = REQUEST_ID_RETENTION_S) -> int:
         """Forgets request_ids older than `retention_s` (at least a day); returns how many."""

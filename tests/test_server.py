@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_entry_point() -> None:
-    result = subprocess.run([sys.executable, "-m", "registry_server", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "registry_server", "--help"], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0 and "--database-url" in result.stdout
 
 
@@ -191,3 +192,37 @@ def test_each_migration_is_logged_once(tmp_path: Path) -> None:
         pass
     applied = [line for line in server.lines if "0001_initial" in line]
     assert len(applied) == 1, applied
+
+
+def test_a_signal_delivered_to_another_thread_still_runs_its_handler() -> None:
+    """A CI run lost a SIGHUP: one worker of two never reloaded its tokens. The kernel may hand a
+    process's signal to any thread (gRPC has many); Python runs the handler only when the main thread
+    runs bytecode, and the server's main thread blocked in Event.wait() for good. Here the signal is
+    sent to a thread other than the main one, as the kernel may do."""
+    script = textwrap.dedent(
+        """
+        import linecache, signal, sys, threading, time
+        from registry_server.main import wait_for_stop
+        stop = threading.Event()
+        signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+        main = threading.main_thread().ident
+
+        def blocked_in_wait():  # the main thread's innermost frame is at a lock's acquire() in wait()
+            frame = sys._current_frames().get(main)
+            if frame is None or frame.f_code.co_name != "wait":
+                return False
+            return "acquire(" in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+
+        def other_thread():
+            deadline = time.monotonic() + 10
+            while not blocked_in_wait() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+        threading.Thread(target=other_thread, daemon=True).start()
+        wait_for_stop(stop)
+        print("handled")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert done.stdout.strip() == "handled", done.stderr

@@ -206,11 +206,11 @@ def test_failed_atomic_registration_leaves_nothing(store: RegistryStore, monkeyp
     assert nothing_stored()
 
     # A crash of the statement that inserts the version, after model and checkpoint rows exist.
-    def crash(**_: Any) -> None:
+    def crash(*_: Any, **__: Any) -> None:
         assert Model.select().where(Model.name == "fresh").exists() and Checkpoint.select().exists()
         raise RuntimeError("injected failure after the model and checkpoint inserts")
 
-    monkeypatch.setattr(ModelVersion, "create", crash)
+    monkeypatch.setattr(store._insert_version, "value", crash)
     with pytest.raises(RuntimeError):
         store.create_version(
             "fresh", checkpoint={}, create_model_if_missing=True, aliases=["production"],

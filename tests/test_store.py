@@ -399,3 +399,20 @@ def test_any_metric_key_sorts_the_same_on_both_databases(store: RegistryStore) -
         best_first = store.list_checkpoints(CheckpointQuery(sort_by_metric=key, smaller_is_better=True), 100).rows
         assert [c.metrics.get(key) for c in best_first[:3]] == [0.1, 0.2, 0.3], key
         assert all(key not in c.metrics for c in best_first[3:]), key
+
+
+def test_postgresql_name_filter_reads_a_trigram_index(store: RegistryStore) -> None:
+    """Issue 16: at 100,000 models a selective name filter took 145 ms on PostgreSQL, 24x its time at
+    1,000 models, because LIKE '%text%' scanned every name. A pg_trgm GIN index of name_key answers it."""
+    if store._sqlite:
+        pytest.skip("SQLite has its own trigram index (migration 0005)")
+    for name in ("alpha-resnet", "beta-bert", "gamma-resnet"):
+        store.create_model(name)
+    store.db.execute_sql("ANALYZE model")
+    query = Model.select(Model.id).where(store._name_contains("RESNET"))
+    sql, params = query.sql()
+    with store.db.atomic():
+        store.db.execute_sql("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(row[0] for row in store.db.execute_sql("EXPLAIN " + sql, params).fetchall())
+    assert "model_name_key_trgm" in plan, plan
+    assert [m.name for m in store.list_models(ModelQuery(name="RESNET")).rows] == ["alpha-resnet", "gamma-resnet"]

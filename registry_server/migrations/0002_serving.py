@@ -18,7 +18,7 @@ def up(migrator, db):
 
     class ModelAlias(Base):
         model = pw.ForeignKeyField(Model, on_delete="CASCADE")
-        alias = pw.CharField(max_length=128)
+        alias = pw.CharField(max_length=128)  # type: ignore[assignment]  # a column named as peewee's Model.alias()
         version = pw.IntegerField()
 
         class Meta:
@@ -27,7 +27,7 @@ def up(migrator, db):
 
     class AliasChange(Base):
         model = pw.ForeignKeyField(Model, on_delete="CASCADE")
-        alias = pw.CharField(max_length=128)
+        alias = pw.CharField(max_length=128)  # type: ignore[assignment]  # a column named as peewee's Model.alias()
         previous_version = pw.IntegerField()
         version = pw.IntegerField()
         time = pw.BigIntegerField()
@@ -44,7 +44,7 @@ def up(migrator, db):
         kind = pw.SmallIntegerField()
         model_name = pw.CharField(max_length=256, default="")
         version = pw.IntegerField(default=0)
-        alias = pw.CharField(max_length=128, default="")
+        alias = pw.CharField(max_length=128, default="")  # type: ignore[assignment]  # a column named as peewee's Model.alias()
         previous_version = pw.IntegerField(default=0)
         checkpoint_uuid = pw.CharField(max_length=36, default="")
         new_model_name = pw.CharField(max_length=256, default="")
