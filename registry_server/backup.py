@@ -26,11 +26,11 @@ import tempfile
 import uuid as uuidlib
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, Callable, Iterator
+from typing import IO, Any, BinaryIO
 
 import peewee as pw
-
 from modelregistry.v1 import checkpoint_pb2, event_pb2
 
 from . import convert, validation
@@ -137,7 +137,7 @@ def _columns(section: str) -> list[pw.Node]:
     return [joined[name].alias(name) if name in joined else getattr(table, name) for name in FIELDS[section]]
 
 
-def _queries() -> dict[str, pw.ModelSelect]:
+def _queries() -> dict[str, Any]:
     return {
         "checkpoints": Checkpoint.select(*_columns("checkpoints")).order_by(Checkpoint.id),
         "checkpoint_files": CheckpointFile.select(*_columns("checkpoint_files")).join(Checkpoint).order_by(CheckpointFile.id),
@@ -167,7 +167,7 @@ def write_document(store: RegistryStore, out: IO[str], storage_uri: str = "", fi
                 "last_event_sequence": last_sequence}
         out.write(json.dumps(head)[:-1])
         for section, query in _queries().items():
-            out.write(', "%s": [' % section)
+            out.write(f', "{section}": [')
             count = 0
             for row in query.dicts().iterator():
                 out.write((",\n" if count else "\n") + json.dumps(row, sort_keys=True, ensure_ascii=False))
@@ -582,12 +582,13 @@ def _refuse_not_empty() -> None:
 def open_archive(source: IO[bytes]) -> tuple[Plan, Iterator[tuple[str, int, IO[bytes]]]]:
     """Reads the document of an archive (or a bare JSON document of versions 1 to 3) and checks it;
     returns the plan and the archive's blobs still to read, as (name, size, bytes)."""
-    reader = source if hasattr(source, "peek") else io.BufferedReader(source)  # type: ignore[arg-type]
-    head = reader.peek(512)[:512]  # type: ignore[attr-defined]
+    raw: Any = source
+    reader = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+    head = reader.peek(512)[:512]
     if head.lstrip()[:1] == b"{":
         return read_document(_parse(reader)), iter(())
     try:
-        tar = tarfile.open(fileobj=reader, mode="r|*")
+        tar = tarfile.open(fileobj=reader, mode="r|*")  # noqa: SIM115 (read by the generator below)
         first = tar.next()
     except (tarfile.TarError, EOFError, OSError, ValueError) as error:
         raise Refused("", f"not an export archive (a tar, optionally gzip-compressed, or a JSON document): {error}") from None
@@ -712,16 +713,21 @@ def _insert_rows(plan: Plan, storage_uri: str) -> None:
         if plan.storage_uri and row["storage_uri"] == plan.storage_uri:
             row["storage_uri"] = storage_uri  # the files are in this registry's storage now
     _insert(Checkpoint, s["checkpoints"])
-    checkpoint_ids = dict(Checkpoint.select(Checkpoint.uuid, Checkpoint.id).tuples())
+    checkpoint_ids = _ids(Checkpoint.select(Checkpoint.uuid, Checkpoint.id))
     _insert(CheckpointFile, [_refer(row, checkpoint=checkpoint_ids.get) for row in s["checkpoint_files"]])
     _insert(Model, s["models"])
-    model_ids = dict(Model.select(Model.name, Model.id).tuples())
+    model_ids = _ids(Model.select(Model.name, Model.id))
     _insert(ModelLabel, [{"model": model_ids[row["name"]], "label": label} for row in s["models"] for label in row["labels"]])
     _insert(ModelVersion, [_refer(row, model=model_ids.get, checkpoint=checkpoint_ids.get) for row in s["model_versions"]])
     _insert(ModelAlias, [_refer(row, model=model_ids.get) for row in s["model_aliases"]])
     _insert(AliasChange, [_refer(row, model=model_ids.get) for row in s["alias_changes"]])
     _insert(Event, s["events"])
     EventCounter.update(last_sequence=plan.last_event_sequence).execute()
+
+
+def _ids(query: Any) -> dict[str, int]:
+    """The target's ids of the rows just inserted, by name or uuid."""
+    return dict(query.tuples())
 
 
 def _refer(row: dict[str, Any], **ids: Callable[[str], int | None]) -> dict[str, Any]:

@@ -9,8 +9,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import peewee as pw
 
@@ -144,7 +145,9 @@ def _output(name: str) -> Iterator[BinaryIO]:
         raise IsADirectoryError(f"{name} is a directory")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"no directory {target.parent} for {name}")
-    file = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".partial", delete=False)
+    file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (renamed or removed below)
+        dir=target.parent, prefix=f".{target.name}.", suffix=".partial", delete=False
+    )
     try:
         with file:
             yield file  # type: ignore[misc]
@@ -193,7 +196,7 @@ def restore(args: argparse.Namespace) -> int:
                 storage = open_storage(args.database_url, args.storage_dir, args.storage_url, args.storage_options)
                 counts = backup.import_registry(RegistryStore(db), source, storage)
             finally:
-                db.close_all()
+                database.close_pool(db)
         ok = True
     finally:
         if not ok:  # a refused import leaves no database file or storage directory it made

@@ -27,7 +27,7 @@ FILES = {"model.pt": os.urandom(3 * 1024 * 1024 + 5), "config/hparams.json": b'{
 def server_command(*args: str, cwd: Path | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [console_script("model-registry-server"), *args], capture_output=True, timeout=120, cwd=cwd, input=stdin,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MODEL_REGISTRY_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("MODEL_REGISTRY_")}, check=False,
     )
 
 
@@ -121,7 +121,7 @@ def test_export_into_a_closed_pipe_ends_cleanly(tmp_path: Path) -> None:
         f"'{console_script('model-registry-server')}' export --database-url {url} --storage-dir {tmp_path / 'files'} "
         "--output - 2>err | head -c 10 >/dev/null; echo ${PIPESTATUS[0]}"
     )
-    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     err = (tmp_path / "err").read_text()
     assert result.stdout.strip() == "1", err
     assert err == "error: the output was closed before the export was complete\n"
