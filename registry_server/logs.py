@@ -31,7 +31,8 @@ class JsonFormatter(logging.Formatter):
         if ids is not None:
             entry["trace_id"], entry["span_id"] = ids
         audit = getattr(record, "audit", None)
-        if isinstance(audit, dict):
+        if isinstance(audit, dict):  # the audit record's fields stand in the object itself
+            entry["message"] = "audit"
             entry.update({key: value for key, value in audit.items() if key not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

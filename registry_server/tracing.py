@@ -18,6 +18,7 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 _tracer: Any = None  # None: tracing off
+_otel: Any = None  # the opentelemetry names used per call, imported once by configure()
 _SERVER_ERRORS = {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 
 
@@ -33,7 +34,17 @@ def wanted(flag: bool = False) -> bool:
 def configure(provider: Any = None) -> None:
     """Turns tracing on in this process with `provider` (a TracerProvider; tests pass one with an
     in-memory exporter), or one built from the OTEL_* variables. Raises ImportError without the SDK."""
-    global _tracer
+    global _tracer, _otel
+    import types
+
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    _otel = types.SimpleNamespace(
+        attach=context.attach, detach=context.detach, extract=propagate.extract,
+        in_context=trace.set_span_in_context, current_span=trace.get_current_span,
+        SERVER=SpanKind.SERVER, Status=Status, ERROR=StatusCode.ERROR,
+    )
     if provider is None:
         from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
@@ -72,24 +83,19 @@ class CallSpan:
     __slots__ = ("span", "_token")
 
     def __init__(self, span: Any) -> None:
-        from opentelemetry import context, trace
-
         self.span = span
-        self._token = context.attach(trace.set_span_in_context(span))
+        self._token = _otel.attach(_otel.in_context(span))
 
     def end(self, code: str, reason: str) -> None:
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
-
         span = self.span
         span.set_attribute("rpc.grpc.status_code", code)
         if reason:
             span.set_attribute("modelregistry.error_reason", reason)
         if code in _SERVER_ERRORS:
-            span.set_status(Status(StatusCode.ERROR, f"{code} {reason}".strip()))
+            span.set_status(_otel.Status(_otel.ERROR, f"{code} {reason}".strip()))
         span.end()
         try:
-            context.detach(self._token)
+            _otel.detach(self._token)
         except ValueError:  # a stream ended on another thread than it began: nothing to restore there
             pass
 
@@ -100,14 +106,10 @@ def start_call(service: str, method: str, protocol: str, carrier: Mapping[str, s
     tracer = _tracer
     if tracer is None:
         return None
-    from opentelemetry import propagate
-    from opentelemetry.trace import SpanKind
-
-    parent = propagate.extract(carrier)
     span = tracer.start_span(
         f"{service}/{method}",
-        context=parent,
-        kind=SpanKind.SERVER,
+        context=_otel.extract(carrier),
+        kind=_otel.SERVER,
         attributes={"rpc.system": protocol, "rpc.service": service, "rpc.method": method},
     )
     return CallSpan(span)
@@ -128,9 +130,7 @@ def current_ids() -> tuple[str, str] | None:
     """The trace and span ids (hex) of the current span, for log lines; None without one."""
     if _tracer is None:
         return None
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
+    context = _otel.current_span().get_span_context()
     if not context.is_valid:
         return None
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"
