@@ -291,3 +291,31 @@ def test_health_is_not_serving_until_the_server_is_ready(tmp_path: Path) -> None
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         running.stop(grace=None)
+
+
+def test_streams_are_traced_and_counted_to_their_end(
+    registry_server: RegistryServer, spans: tuple[InMemorySpanExporter, TracerProvider], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter, _ = spans
+    files = tmp_path / "up"
+    files.mkdir()
+    (files / "w.bin").write_bytes(b"y" * 10)
+    before = scrape()
+    with Registry(f"127.0.0.1:{registry_server.port}", timeout=10) as r:
+        checkpoint = r.upload_checkpoint(files)
+        r.download_checkpoint(checkpoint.uuid, tmp_path / "down")
+        events = r.watch()
+        next(events)
+        events.close()  # type: ignore[attr-defined]
+    names = lambda: {s.name.rsplit("/", 1)[-1] for s in exporter.get_finished_spans()}  # noqa: E731
+    wait_for(lambda: {"UploadCheckpointFiles", "DownloadCheckpointFiles", "WatchEvents"} <= names(), what="stream spans")
+    assert {"storage.place", "storage.open"} <= names()
+    wait_for(lambda: value(scrape(), "model_registry_requests_in_flight", method="WatchEvents", protocol="grpc") == 0,
+             what="the watch to end")
+    after = scrape()
+    for method in ("UploadCheckpointFiles", "DownloadCheckpointFiles"):
+        assert delta(before, after, "model_registry_requests_total", method=method, protocol="grpc", code="OK", reason="") == 1
+    assert delta(before, after, "model_registry_request_bytes_total", method="UploadCheckpointFiles", protocol="grpc") >= 10
+    assert delta(before, after, "model_registry_response_bytes_total", method="DownloadCheckpointFiles", protocol="grpc") >= 10
+    assert not [r for r in caplog.records if "detach" in r.getMessage()]
