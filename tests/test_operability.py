@@ -319,3 +319,14 @@ def test_streams_are_traced_and_counted_to_their_end(
     assert delta(before, after, "model_registry_request_bytes_total", method="UploadCheckpointFiles", protocol="grpc") >= 10
     assert delta(before, after, "model_registry_response_bytes_total", method="DownloadCheckpointFiles", protocol="grpc") >= 10
     assert not [r for r in caplog.records if "detach" in r.getMessage()]
+
+
+def test_the_overhead_bench_reports_every_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    """`make bench-overhead` in a tiny run, so that it cannot rot; no timing is asserted."""
+    from bench import overhead
+
+    assert overhead.main(["--rounds", "1", "--duration", "0.3", "--clients", "1", "--in-flight", "2"]) == 0
+    printed = capsys.readouterr().out
+    for name, _, _ in overhead.VARIANTS:
+        assert f"| {name} |" in printed
+    assert "- metrics:" in printed and "- tracing (one span):" in printed
