@@ -7,7 +7,7 @@ ARGS ?=
 # protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: the environment's first.
 PROTOC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc
 
-.PHONY: install run test lint proto check-proto bench bench-files clean
+.PHONY: install run test lint proto check-proto bench bench-files bench-overhead clean
 
 # One install stamp per set of extras, so that each target installs only what it needs: `make run`
 # the package alone (what `pip install .` gives users), `make test` the test tools too, `make install`
@@ -58,6 +58,10 @@ bench: $(VENV)/.installed-run
 ## bench-files: checkpoint upload/download MB/s beside a plain file copy (bench/files.py)
 bench-files: $(VENV)/.installed-run
 	$(BIN)/python -m bench.files $(ARGS)
+
+## bench-overhead: GetModel calls/s and server CPU per call with metrics and tracing off and on (bench/overhead.py)
+bench-overhead: $(VENV)/.installed-test
+	$(BIN)/python -m bench.overhead $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info

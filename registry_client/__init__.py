@@ -8,7 +8,7 @@ import os
 # GRPC_VERBOSITY (or import grpc first) to choose another level.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .client import Registry  # noqa: E402 (after the environment above)
+from .client import Registry, ServerInfo  # noqa: E402 (after the environment above)
 from .errors import (  # noqa: E402
     AbortedError,
     AlreadyExistsError,
@@ -56,6 +56,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "ResourceExhaustedError",
+    "ServerInfo",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -391,6 +391,21 @@ def checkpoint_download(r: Registry, args: argparse.Namespace) -> None:
         print(directory)
 
 
+INFO_FIELDS: Fields = [
+    ("Server version", lambda i: i.version),
+    ("Client version", lambda i: _version_of_package()),
+    ("Database", lambda i: i.database_kind),
+    ("Schema version", lambda i: f"{i.schema_version} ({i.schema_migration})"),
+    ("Started", lambda i: i.start_time.isoformat(timespec="seconds")),
+    ("Uptime", lambda i: f"{i.uptime_seconds:.0f} s"),
+    ("Process id", lambda i: i.pid),
+]
+
+
+def registry_info(r: Registry, args: argparse.Namespace) -> None:
+    _show(args, r.server_info(), INFO_FIELDS)
+
+
 def checkpoint_describe(r: Registry, args: argparse.Namespace) -> None:
     _show(args, r.get_checkpoint(args.uuid), CHECKPOINT_FIELDS)
 
@@ -508,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="model-registry", description="Manage models, model versions and checkpoints.", parents=[common]
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version_of_package()}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,watch}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{model,checkpoint,info,watch}")
 
     def command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Callable[..., Any],
                 help_text: str) -> argparse.ArgumentParser:
@@ -653,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(checkpoints, "delete", checkpoint_delete, "Delete a checkpoint not used by any version.")
     p.add_argument("uuid")
+
+    command(groups, "info", registry_info, "Show the server's version, database, schema version and uptime.")
 
     p = command(groups, "watch", registry_watch, "Print the registry's events as they happen, oldest first.")
     p.add_argument("--model", action="append", default=[], help="only events of this model; repeatable")

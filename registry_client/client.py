@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import math
 import os
@@ -43,6 +44,22 @@ _WATCH_BACKOFF_S = (0.1, 5.0)
 def _request_id(given: str | None) -> str:
     """The caller's request_id, or a new one: every create this client sends can be retried safely."""
     return given or str(uuidlib.uuid4())
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerInfo:
+    """The server process that answered GetServerInfo."""
+
+    version: str
+    schema_version: int
+    schema_migration: str
+    database_kind: str
+    start_time: datetime.datetime
+    uptime_seconds: float
+    pid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "start_time": self.start_time.isoformat()}
 
 
 class Registry:
@@ -224,6 +241,19 @@ class Registry:
     def delete_model(self, name: str) -> None:
         """Delete a model and all its versions; the checkpoints stay."""
         self._call("DeleteModel", name=name)
+
+    def server_info(self) -> ServerInfo:
+        """What the server process that answers is: its release, database kind and schema level, uptime, pid."""
+        reply = self._call("GetServerInfo")
+        return ServerInfo(
+            version=reply.version,
+            schema_version=reply.schema_version,
+            schema_migration=reply.schema_migration,
+            database_kind=reply.database_kind,
+            start_time=reply.start_time.ToDatetime(tzinfo=datetime.timezone.utc),
+            uptime_seconds=reply.uptime_seconds,
+            pid=reply.pid,
+        )
 
     def get_model_labels(self) -> list[str]:
         """Every label in use on models, most used first."""

@@ -137,6 +137,55 @@ class _BearerToken(
         return continuation(self._with_token(details), requests)
 
 
+class _TraceContext(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the caller's current OpenTelemetry context (W3C `traceparent`, by the propagators
+    configured) to every call, so that the server's spans continue the caller's trace. Used only when
+    opentelemetry is importable; without a current span nothing is added."""
+
+    def __init__(self, inject: Any) -> None:
+        self._inject = inject
+
+    def _with_context(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        carrier: dict[str, str] = {}
+        self._inject(carrier)
+        if not carrier:
+            return details
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), *carrier.items()],
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_context(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_context(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._with_context(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._with_context(details), requests)
+
+
+def _propagating(channel: grpc.Channel) -> grpc.Channel:
+    """The channel, carrying the caller's trace context when opentelemetry is installed."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return channel
+    return grpc.intercept_channel(channel, _TraceContext(propagate.inject))
+
+
 def open_channel(
     target: str,
     *,
@@ -159,9 +208,9 @@ def open_channel(
         )
         if token:
             credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-        return grpc.secure_channel(target, credentials, options=options)
+        return _propagating(grpc.secure_channel(target, credentials, options=options))
     channel = channel or grpc.insecure_channel(target, options=options)
-    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+    return _propagating(grpc.intercept_channel(channel, _BearerToken(token)) if token else channel)
 
 
 def wait_for_connection(channel: grpc.Channel, timeout: float) -> grpc.ChannelConnectivity | None:

@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import contract
+from . import contract, metrics
 from .errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,10 @@ class TokenFile:
             entries = _read_token_file(self.path)
         except (OSError, ValueError, UnicodeDecodeError) as error:
             log.error("auth tokens not reloaded from %s, keeping the previous ones: %s", self.path, error)
+            metrics.tokens_reloaded(False)
             return False
         self._entries = entries
+        metrics.tokens_reloaded(True)
         log.info("auth tokens reloaded from %s: %d principals", self.path, len(entries))
         return True
 

@@ -193,6 +193,19 @@ def ensure_name_index(db: pw.Database) -> bool:
         return False
 
 
+def schema_version(db: pw.Database) -> tuple[int, str]:
+    """The number and name of the latest migration applied to the database ((0, "") before any)."""
+    applied = Runner(db, MIGRATIONS_DIR).applied()
+    if not applied:
+        return 0, ""
+    latest = max(applied)
+    return int(latest.split("_", 1)[0]), latest
+
+
+def kind(db: pw.Database) -> str:
+    return "sqlite" if is_sqlite(db) else "postgresql"
+
+
 def ping(db: pw.Database) -> bool:
     """True when the database answers a trivial query."""
     try:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import peewee as pw
 
-from . import prepared
+from . import metrics, prepared
 from .db import is_sqlite
 from .tables import Event, EventCounter, now_us
 
@@ -47,6 +47,16 @@ class EventLog:
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every wake-up, so that none is missed between query and wait
         self._stopping = threading.Event()
+        # For the metrics: the last sequence each follow() has read up to (by stream), and the highest
+        # sequence this process has seen stored.
+        self._positions: dict[int, int] = {}
+        self._high = 0
+
+    def watch_state(self) -> tuple[int, int]:
+        """How many streams follow the log in this process, and how many events the slowest of them
+        has yet to read (as far as this process knows of the log's end)."""
+        positions = list(self._positions.values())
+        return len(positions), (max(0, self._high - min(positions)) if positions else 0)
 
     def append(self, recorded: list[dict[str, Any]], principal: str) -> None:
         """Numbers and stores the events of a transaction, as its LAST statements before COMMIT.
@@ -66,6 +76,8 @@ class EventLog:
         now = now_us()
         for i, event in enumerate(recorded, start=1):
             self._insert.execute(self.db, **event, sequence=last - len(recorded) + i, time=now, principal=principal)
+        metrics.events_appended(len(recorded))
+        self._high = max(self._high, last)
         if not self._sqlite:
             # Delivered at COMMIT, to every replica LISTENing: their watchers need not wait for a poll.
             self.db.execute_sql("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(last)))
@@ -91,6 +103,7 @@ class EventLog:
         if kinds:
             query = query.where(Event.kind.in_(kinds))
         rows = list(query.order_by(Event.sequence).limit(limit))
+        self._high = max(self._high, high)
         return rows, (rows[-1].sequence if len(rows) == limit else max(high, after))
 
     def follow(
@@ -107,16 +120,22 @@ class EventLog:
         when a read comes back short. Reading `sequence > last sent` in order is gap-free because
         numbers become visible in commit order (see append). Each read takes a pooled connection for
         its own time only."""
-        while active() and not self._stopping.is_set():
-            generation = self._generation
-            with self.db.connection_context():
-                rows, after = self.after(after, model_names, kinds, WATCH_BATCH)
-            yield from rows
-            if len(rows) < WATCH_BATCH:
-                if stop_at_end:
-                    return
-                with self._changed:
-                    self._changed.wait_for(lambda: self._generation != generation, self.poll_interval)
+        key = id(object())
+        self._positions[key] = after
+        try:
+            while active() and not self._stopping.is_set():
+                generation = self._generation
+                with self.db.connection_context():
+                    rows, after = self.after(after, model_names, kinds, WATCH_BATCH)
+                yield from rows
+                self._positions[key] = after
+                if len(rows) < WATCH_BATCH:
+                    if stop_at_end:
+                        return
+                    with self._changed:
+                        self._changed.wait_for(lambda: self._generation != generation, self.poll_interval)
+        finally:
+            self._positions.pop(key, None)
 
     @property
     def stopped(self) -> bool:

@@ -45,7 +45,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, BinaryIO
 
-from . import validation
+from . import metrics, tracing, validation
 from .checkpoint_files import CheckpointFileStore, ancestors, conflict_error
 from .errors import Aborted, DataLoss, ResourceExhausted, invalid
 from .storage import PendingFile, Storage, is_digest
@@ -90,6 +90,8 @@ class Upload:
         self._written = 0
         self._digest = hashlib.sha256()
         self._held = False
+        self._counted = True  # in the uploads in progress, until discard
+        metrics.upload_started()
 
     def start_file(self, path: str, size: int, sha256: str) -> None:
         self._finish_file()
@@ -136,6 +138,7 @@ class Upload:
         self._digest.update(chunk)
         self._pending[-1][0].write(chunk)
         self._written += len(chunk)
+        metrics.bytes_uploaded(len(chunk))
 
     def _finish_file(self) -> None:
         current = self._current
@@ -166,7 +169,8 @@ class Upload:
             store.hold(self.id, digests)
             self._held = True
         try:
-            self.files.storage.place([(pending, header.sha256) for pending, header in self._pending])
+            with tracing.span("storage.place", files=len(self._pending)):
+                self.files.storage.place([(pending, header.sha256) for pending, header in self._pending])
         except FileNotFoundError:
             raise Aborted(
                 "UPLOAD_EXPIRED", "the upload's temporary files were removed as stale (idle for too long); upload again"
@@ -178,6 +182,9 @@ class Upload:
 
     def discard(self) -> None:
         """Removes the temporary files (all of them, if the upload failed), and drops its holds."""
+        if self._counted:
+            self._counted = False
+            metrics.upload_ended()
         try:
             for pending, _ in self._pending:
                 pending.discard()
@@ -213,11 +220,13 @@ class CheckpointFiles:
 
     def read(self, checkpoint_uuid: str, header: FileHeader) -> Iterator[bytes]:
         """The bytes of a file of a snapshot, in chunks of at most CHUNK_SIZE."""
-        file = self._open(header.sha256)
+        with tracing.span("storage.open"):
+            file = self._open(header.sha256)
         if file is None:
             raise self._missing(checkpoint_uuid, header)
         with file:
             while chunk := file.read(CHUNK_SIZE):
+                metrics.bytes_downloaded(len(chunk))
                 yield chunk
 
     def _open(self, digest: str) -> BinaryIO | None:

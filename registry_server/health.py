@@ -29,7 +29,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     """Statuses by service name ("" for the whole server); Check answers from them, Watch streams them."""
 
     def __init__(self) -> None:
-        self._statuses: dict[str, int] = {"": _SERVING}
+        # NOT_SERVING until the server has migrated its database and seen it answer (set_serving).
+        self._statuses: dict[str, int] = {"": _NOT_SERVING}
         self._changed = threading.Condition()
         self._shutting_down = False
 

@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from modelregistry.v1 import registry_service_pb2 as pb
 
-from . import auth, budget, contract, errors
+from . import auth, budget, contract, errors, metrics, tracing
 from .status import STATUS_CODES, rich_status
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,44 @@ _LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)
 
 
 def _audit(principal: str, rpc: str, obj: str, outcome: str, reason: str) -> None:
-    """One JSON object a line, so that log tools can filter by any field."""
+    """One JSON object a line, so that log tools can filter by any field (with --log-format json, the
+    fields are those of the line's object)."""
     record = {"principal": principal, "rpc": rpc, "object": obj, "outcome": outcome, "reason": reason}
-    audit_log.info(json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKERS))
+    audit_log.info(json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKERS), extra={"audit": record})
+
+
+PROTOCOL = "grpc"
+_AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def _outcome(context: grpc.ServicerContext, failed: bool) -> tuple[str, str]:
+    """The status code name and ErrorInfo reason a call ends with, as the servicer or the gate set them."""
+    code = context.code()
+    if code is None:
+        name = "UNKNOWN" if failed else "OK" if context.is_active() else "CANCELLED"
+    else:
+        name = code.name
+    return name, (_reason(context) if name != "OK" else "")
+
+
+def _ended(rpc: str, context: grpc.ServicerContext, failed: bool, timer: Any, span: Any) -> None:
+    """Records the end of a call of the registry service: its metrics, its span's status."""
+    code, reason = _outcome(context, failed)
+    if timer is not None:
+        timer.end(code, reason)
+    if span is not None:
+        span.end(code, reason)
+    if code in _AUTH_CODES:
+        metrics.auth_refused(reason)
+
+
+def _counting(serialize: Callable[[Any], bytes], sent: Callable[[int], None]) -> Callable[[Any], bytes]:
+    def counted(message: Any) -> bytes:
+        data = serialize(message)
+        sent(len(data))
+        return data
+
+    return counted
 
 
 # The kind of each streaming RPC, by method path; every unary call is budget.UNARY.
@@ -132,15 +167,32 @@ class RegistryInterceptor(grpc.ServerInterceptor):
             if ticket is None:
                 raise _too_many(kind)
         except errors.RegistryError as refusal:
+            code = STATUS_CODES[type(refusal)].name
             if _is_mutation(rpc):
-                _audit(principal.name, rpc, "", STATUS_CODES[type(refusal)].name, refusal.reason)
+                _audit(principal.name, rpc, "", code, refusal.reason)
+            metrics.refused(rpc, PROTOCOL, code, refusal.reason)
+            if code in _AUTH_CODES:
+                metrics.auth_refused(refusal.reason)
             return self._refuse(handler, refusal)
-        return self._registry_handler(handler, rpc, principal, ticket)
+        return self._registry_handler(handler, rpc, principal, ticket, metadata)
 
     def _registry_handler(
-        self, handler: grpc.RpcMethodHandler, rpc: str, principal: auth.Principal, ticket: budget.Ticket
+        self,
+        handler: grpc.RpcMethodHandler,
+        rpc: str,
+        principal: auth.Principal,
+        ticket: budget.Ticket,
+        metadata: dict[str, Any],
     ) -> Any:
         parse, serialize = handler.request_deserializer, handler.response_serializer
+        sent = metrics.response_counter(rpc, PROTOCOL)
+        if sent is not None:
+            serialize = _counting(serialize, sent)
+        service = self._prefix[1:-1]
+
+        def begin() -> tuple[Any, Any]:
+            """The call's metrics and span, on the thread that serves it."""
+            return metrics.start_call(rpc, PROTOCOL), tracing.start_call(service, rpc, PROTOCOL, metadata)
 
         def admit(raw: bytes | None, context: grpc.ServicerContext) -> Any:
             """The parsed request (None for a client stream), if the role allows the call; aborts otherwise."""
@@ -174,38 +226,64 @@ class RegistryInterceptor(grpc.ServerInterceptor):
             serve = handler.unary_unary
 
             def unary(raw: bytes, context: grpc.ServicerContext) -> Any:
-                request = admit(raw, context)
-                return serve_as(lambda: serve(request, context), request, context)
+                timer, span = begin()
+                failed = True
+                try:
+                    if timer is not None:
+                        timer.received(len(raw))
+                    request = admit(raw, context)
+                    response = serve_as(lambda: serve(request, context), request, context)
+                    failed = False
+                    return response
+                finally:
+                    _ended(rpc, context, failed, timer, span)
 
             return _handler(grpc.unary_unary_rpc_method_handler, unary, serialize, ticket)
         if handler.unary_stream is not None:  # WatchEvents, DownloadCheckpointFiles: reads
             stream = handler.unary_stream
 
             def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
-                request = admit(raw, context)
-                token = auth.set_current(principal)
+                timer, span = begin()
+                failed = True
                 try:
-                    yield from budget.track_responses(ticket, stream(request, context))
+                    if timer is not None:
+                        timer.received(len(raw))
+                    request = admit(raw, context)
+                    token = auth.set_current(principal)
+                    try:
+                        yield from budget.track_responses(ticket, stream(request, context))
+                    finally:
+                        auth.reset_current(token)
+                    failed = False
                 finally:
-                    auth.reset_current(token)
+                    _ended(rpc, context, failed, timer, span)
 
             return _handler(grpc.unary_stream_rpc_method_handler, unary_stream, serialize, ticket)
         if handler.stream_unary is not None:  # UploadCheckpointFiles
             upload = handler.stream_unary
 
             def stream_unary(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                admit(None, context)
-                first: list[Any] = []  # the first message names the checkpoint, for the audit line
+                timer, span = begin()
+                failed = True
+                try:
+                    admit(None, context)
+                    first: list[Any] = []  # the first message names the checkpoint, for the audit line
 
-                def requests() -> Iterator[Any]:
-                    # Refused as the handler reads them; each wait for the next one counts as idle.
-                    for raw in budget.track_requests(ticket, raw_requests):
-                        request = _parse(parse, raw)
-                        if not first:
-                            first.append(request)
-                        yield request
+                    def requests() -> Iterator[Any]:
+                        # Refused as the handler reads them; each wait for the next one counts as idle.
+                        for raw in budget.track_requests(ticket, raw_requests):
+                            if timer is not None:
+                                timer.received(len(raw))
+                            request = _parse(parse, raw)
+                            if not first:
+                                first.append(request)
+                            yield request
 
-                return serve_as(lambda: upload(requests(), context), first, context)
+                    response = serve_as(lambda: upload(requests(), context), first, context)
+                    failed = False
+                    return response
+                finally:
+                    _ended(rpc, context, failed, timer, span)
 
             return _handler(grpc.stream_unary_rpc_method_handler, stream_unary, serialize, ticket)
         raise ValueError(f"{rpc} has no handler this interceptor knows how to wrap")

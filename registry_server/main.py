@@ -20,7 +20,7 @@ import grpc
 import peewee as pw
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import auth, server
+from . import __version__, auth, logs, metrics, server, tracing
 from . import db as database
 from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .server import TlsFiles, build_server
@@ -115,8 +115,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --workers: a worker whose own health probe has not answered for this many seconds is "
         "killed and replaced (default: %(default)s)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level", default=env("MODEL_REGISTRY_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... (default: %(default)s)"
+    )
+    operating = parser.add_argument_group("operating", "metrics, traces and logs (README.md, Operating)")
+    operating.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=env("MODEL_REGISTRY_LOG_FORMAT", "text"),
+        help="text, or json: one object a line with time, level, logger, message (and trace_id, span_id "
+        "while tracing) (env MODEL_REGISTRY_LOG_FORMAT; default text)",
+    )
+    operating.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (--host; 0 picks a free port), without "
+        "authentication; off by default",
+    )
+    operating.add_argument(
+        "--no-metrics", action="store_true", help="record no metrics at all (they cost ~1-2%% of a GetModel)"
+    )
+    operating.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans of every call (needs model-registry[otel]); also on when OTEL_TRACES_EXPORTER "
+        "or OTEL_EXPORTER_OTLP_ENDPOINT is set; configured by the standard OTEL_* variables",
     )
     security = parser.add_argument_group("security")
     security.add_argument(
@@ -200,6 +225,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be a port number (0 picks a free one)")
+    if args.metrics_port is not None and args.no_metrics:
+        parser.error("--metrics-port and --no-metrics contradict each other")
     return args
 
 
@@ -214,10 +243,49 @@ def main(argv: list[str] | None = None) -> int:
 
         return backup_main(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)  # inherited by the workers
     if args.workers == 1:
-        return _serve(args, args.port, reuse_port=False)
+        if not args.no_metrics:
+            metrics.configure()
+        exporter = _serve_metrics(args)
+        if exporter is False:
+            return 1
+        try:
+            return _serve(args, args.port, reuse_port=False)
+        finally:
+            if exporter is not None:
+                exporter.shutdown()  # type: ignore[attr-defined]
     return _serve_workers(args)
+
+
+def _serve_metrics(args: argparse.Namespace) -> object:
+    """The --metrics-port server of this process (None without the flag; False when it cannot start)."""
+    if args.metrics_port is None:
+        return None
+    try:
+        metrics.check_exposure(args.host, args.auth_tokens is not None, explicit=True)
+        httpd, port = metrics.serve(args.host, args.metrics_port)
+    except (OSError, ValueError) as error:
+        log.error("cannot start: cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, error)
+        return False
+    log.info("metrics serving on %s:%d", args.host, port)
+    return httpd
+
+
+def _start_tracing(args: argparse.Namespace) -> bool:
+    """Tracing on in this process when asked for; False when it cannot be (logged)."""
+    if not tracing.wanted(args.tracing):
+        return True
+    try:
+        tracing.configure()
+    except ImportError:
+        log.error("cannot start: tracing needs OpenTelemetry: pip install 'model-registry[otel]'")
+        return False
+    except ValueError as error:
+        log.error("cannot start: %s", error)
+        return False
+    log.info("tracing on (OpenTelemetry)")
+    return True
 
 
 def _start_error(error: Exception, database_url: str) -> str:
@@ -238,6 +306,8 @@ def _serve(
     """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0. A worker
     (`probe`: a private address and the pipe to its parent) also listens on that address and proves
     every second that it still answers its own health Check, by a byte down the pipe."""
+    if not _start_tracing(args):
+        return 1
     try:
         storage = open_storage(args.database_url, args.storage_dir, args.storage_url, args.storage_options)
         running = build_server(
@@ -261,6 +331,7 @@ def _serve(
             sqlite_synchronous=args.sqlite_synchronous,
             private_address=probe[0] if probe else None,
             max_upload_bytes=args.max_upload_bytes,
+            with_metrics=not args.no_metrics,
         )
     except (OSError, ValueError, pw.PeeweeException) as error:
         log.error("cannot start%s: %s", worker, _start_error(error, args.database_url))
@@ -348,6 +419,14 @@ def _serve_workers(args: argparse.Namespace) -> int:
         return 1
     port = holder.getsockname()[1]
     private = tempfile.mkdtemp(prefix="model-registry-workers-")  # mode 0700: the workers' probe sockets
+    if not args.no_metrics:  # the workers' metric files, summed by any scrape (prometheus_client multiprocess)
+        os.mkdir(os.path.join(private, "metrics"), 0o700)
+        metrics.configure(multiprocess_dir=os.path.join(private, "metrics"))
+    exporter = _serve_metrics(args)
+    if exporter is False:
+        holder.close()
+        shutil.rmtree(private, ignore_errors=True)
+        return 1
 
     stopping = threading.Event()
     workers: dict[int, _Worker] = {}  # by pid
@@ -364,6 +443,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
             for fd in (beat_r, wake_r, wake_w, *(w.heartbeat for w in workers.values())):
                 os.close(fd)
             holder.close()
+            if exporter is not None:
+                exporter.socket.close()  # type: ignore[attr-defined]  # the parent's alone
             code = 1
             try:
                 code = _serve(
@@ -439,6 +520,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
                 worker = workers.pop(pid, None)
                 if worker is None:
                     continue
+                metrics.worker_exited(pid)
                 os.close(worker.heartbeat)
                 code = os.waitstatus_to_exitcode(status)
                 if stopping.is_set():
@@ -461,6 +543,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
                     log.warning("worker %d (pid %d) exited with status %d; starting it again", worker.index + 1, pid, code)
                     pending.append((time.monotonic(), worker.index))
     finally:
+        if exporter is not None:
+            exporter.shutdown()  # type: ignore[attr-defined]
         shutil.rmtree(private, ignore_errors=True)
     return 1 if failed else 0
 

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
-from . import auth, budget
+from . import auth, budget, metrics
 from . import db as database
 from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthServicer
@@ -77,6 +77,7 @@ class RegistryServer:
         """Health follows the database: NOT_SERVING while it cannot be reached, SERVING once it answers."""
         while not self._stopping.is_set():
             serving = database.ping(self.db)
+            metrics.sample(self.db, *self.servicer.store.events.watch_state())
             if serving != self._serving:
                 (log.info if serving else log.warning)("database %s", "reachable" if serving else "unreachable")
                 self.set_serving(serving)
@@ -180,6 +181,7 @@ def build_server(
     sqlite_synchronous: str = "full",
     private_address: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    with_metrics: bool = True,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
@@ -194,13 +196,20 @@ def build_server(
     serves.
     Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
     is served unless `allow_unauthenticated`; ValueError says so. `private_address` (e.g.
-    unix:/path) is served as well, in plaintext: a worker's parent probes its health there."""
+    unix:/path) is served as well, in plaintext: a worker's parent probes its health there.
+    `with_metrics` turns this process's metrics on (metrics.py; they stay on for the process).
+    Health is NOT_SERVING until the database is migrated and has answered."""
+    if with_metrics:
+        metrics.configure()
     auth.check_exposure(host, auth_tokens is not None, allow_unauthenticated)
     tokens = auth.TokenFile(auth_tokens) if auth_tokens is not None else None
     credentials = tls.credentials() if tls is not None else None
     storage = storage or open_storage(database_url)
     db = database.connect(database_url, max_connections=max_workers + 4, sqlite_synchronous=sqlite_synchronous)
     database.migrate(db)
+    metrics.time_connections(db)
+    with db.connection_context():
+        metrics.schema_version(database.schema_version(db)[0])
     per_caller = max_streams_per_caller
     calls = budget.CallBudget(
         {
@@ -226,6 +235,7 @@ def build_server(
     )
     registry_service_pb2_grpc.add_ModelRegistryServiceServicer_to_server(servicer, server)
     health_servicer = HealthServicer()
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -8,6 +8,8 @@ import functools
 import hashlib
 import inspect
 import logging
+import os
+import time
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -17,7 +19,8 @@ from google.protobuf.message import Message
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import auth, convert, errors, paging, status, validation
+from . import __version__, auth, convert, errors, paging, status, validation
+from . import db as database
 from .errors import invalid
 from .files import DEFAULT_MAX_UPLOAD_BYTES, CheckpointFiles
 from .storage import Storage
@@ -138,6 +141,24 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     ) -> None:
         self.store = store
         self.files = CheckpointFiles(store, storage, max_upload_bytes)
+        self.started = time.time()  # for GetServerInfo
+        self._started_monotonic = time.monotonic()
+
+    # The server
+
+    @_rpc
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.GetServerInfoResponse:
+        number, name = database.schema_version(self.store.db)
+        response = pb.GetServerInfoResponse(
+            version=__version__,
+            schema_version=number,
+            schema_migration=name,
+            database_kind=database.kind(self.store.db),
+            uptime_seconds=time.monotonic() - self._started_monotonic,
+            pid=os.getpid(),
+        )
+        response.start_time.FromMicroseconds(int(self.started * 1_000_000))
+        return response
 
     # Models
 

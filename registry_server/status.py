@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import db as database
-from . import errors
+from . import errors, metrics
 from .errors import invalid
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,15 @@ def refusal(db: pw.Database, rpc: str, error: errors.RegistryError | pw.PeeweeEx
         return error
     if isinstance(error, OSError):
         log.warning("%s: storage error: %s", rpc, error)
-        return storage_error(error)
+        answer = storage_error(error)
+        metrics.storage_error(answer.reason)
+        return answer
     log.warning("%s: database error: %s", rpc, error)
     if isinstance(error, (pw.OperationalError, pw.InterfaceError)):
         database.discard_idle_connections(db)
-    return database_error(error)
+    answer = database_error(error)
+    metrics.database_error(answer.reason)
+    return answer
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import peewee as pw
 
-from . import events, prepared, validation
+from . import events, prepared, tracing, validation
 from .db import is_sqlite
 from .errors import AlreadyExists
 from .tables import RequestRecord
@@ -88,7 +88,9 @@ class Transactions:
         recorded: list[dict[str, Any]] = []
         self._local.events = recorded
         try:
-            with self._write_lock, self.db.atomic(**({"lock_type": "IMMEDIATE"} if self._sqlite else {})):
+            with tracing.span("db.transaction"), self._write_lock, self.db.atomic(
+                **({"lock_type": "IMMEDIATE"} if self._sqlite else {})
+            ):
                 yield
                 self.events.append(recorded, self.actor().name)
         finally:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-SERVING = re.compile(r"serving on ([\d.]+):(\d+)")
+SERVING = re.compile(r"(?<!metrics )serving on ([\d.]+):(\d+)")
 
 
 def console_script(name: str) -> str:

@@ -33,7 +33,7 @@ from .servers import ServerProcess, console_script
 SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
 # What each role may call, written out rather than derived from the server's table.
 READS = {"GetModel", "ListModels", "ListModelLabels", "GetModelVersion", "ListModelVersions", "GetCheckpoint",
-         "ListCheckpoints", "ListAliasHistory", "WatchEvents", "DownloadCheckpointFiles"}
+         "ListCheckpoints", "ListAliasHistory", "WatchEvents", "DownloadCheckpointFiles", "GetServerInfo"}
 EDITS = {"CreateModel", "UpdateModel", "RenameModel", "UpdateModelMetadata", "ArchiveModel", "UnarchiveModel",
          "DeleteModel", "CreateModelVersion", "UpdateModelVersion", "DeleteModelVersion", "CreateCheckpoint",
          "DeleteCheckpoint", "SetModelAlias", "DeleteModelAlias", "UploadCheckpointFiles"}

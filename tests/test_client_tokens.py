@@ -69,6 +69,7 @@ def test_every_client_method_sends_the_token(secured: tuple[RegistryServer, dict
         call(r.get_model, "m")
         call(r.get_models)
         call(r.get_model_labels)
+        call(r.server_info)
         checkpoint: Checkpoint = call(r.create_checkpoint, experiment_id=1, metrics={"loss": 0.5})  # type: ignore[assignment]
         call(r.get_checkpoint, checkpoint.uuid)
         call(r.get_checkpoints, experiment_id=1)
@@ -177,6 +178,7 @@ def test_every_cli_command_sends_the_token(
     cli("model", "alias", "delete", "m", "staging")
     cli("model", "alias", "delete", "m", "production")
     cli("watch", "--limit", "1")
+    cli("info")
     cli("model", "archive", "m")
     cli("model", "unarchive", "m")
     cli("model", "rename", "m", "n")

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from modelregistry.v1 import checkpoint_pb2 as _checkpoint_pb2
 from modelregistry.v1 import event_pb2 as _event_pb2
@@ -1475,3 +1476,68 @@ class DownloadCheckpointFilesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
 Global___DownloadCheckpointFilesResponse: _TypeAlias = DownloadCheckpointFilesResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """GetServerInfoRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    """GetServerInfoResponse describes the server process that answered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    SCHEMA_MIGRATION_FIELD_NUMBER: _builtins.int
+    DATABASE_KIND_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """Release of the model-registry package the server runs, e.g. "0.1.0"."""
+    schema_version: _builtins.int
+    """Number of the latest schema migration applied to the database, e.g. 7."""
+    schema_migration: _builtins.str
+    """Name of that migration, e.g. "0007_trust_boundaries"."""
+    database_kind: _builtins.str
+    """Kind of database: "sqlite" or "postgresql"."""
+    uptime_seconds: _builtins.float
+    """Seconds since start_time, as the server measures it."""
+    pid: _builtins.int
+    """Process id of the server process (with --workers: of the worker that answered)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When this server process started serving."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+        schema_migration: _builtins.str = ...,
+        database_kind: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        uptime_seconds: _builtins.float = ...,
+        pid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["database_kind", b"database_kind", "pid", b"pid", "schema_migration", b"schema_migration", "schema_version", b"schema_version", "start_time", b"start_time", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015

@@ -162,6 +162,11 @@ class ModelRegistryServiceStub:
                 request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesRequest.SerializeToString,
                 response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/modelregistry.v1.ModelRegistryService/GetServerInfo',
+                request_serializer=modelregistry_dot_v1_dot_registry__service__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -364,6 +369,14 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """Describes the server process that answers: its release, its database kind and schema level, how
+        long it has been up and its process id (with --workers, each worker answers for itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -491,6 +504,11 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadCheckpointFiles,
                     request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesRequest.FromString,
                     response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=modelregistry_dot_v1_dot_registry__service__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=modelregistry_dot_v1_dot_registry__service__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1171,6 +1189,33 @@ class ModelRegistryService:
             '/modelregistry.v1.ModelRegistryService/DownloadCheckpointFiles',
             modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesRequest.SerializeToString,
             modelregistry_dot_v1_dot_registry__service__pb2.DownloadCheckpointFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelregistry.v1.ModelRegistryService/GetServerInfo',
+            modelregistry_dot_v1_dot_registry__service__pb2.GetServerInfoRequest.SerializeToString,
+            modelregistry_dot_v1_dot_registry__service__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,6 +112,10 @@ class ModelRegistryServiceStub:
     meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
     (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
     """
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetServerInfoRequest, _registry_service_pb2.GetServerInfoResponse]
+    """Describes the server process that answers: its release, its database kind and schema level, how
+    long it has been up and its process id (with --workers, each worker answers for itself).
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -196,6 +200,10 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     chunks of at most 1 MiB. The files are those recorded when the call starts, whatever uploads do
     meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
     (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
+    """
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetServerInfoRequest, _registry_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """Describes the server process that answers: its release, its database kind and schema level, how
+    long it has been up and its process id (with --workers, each worker answers for itself).
     """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -428,6 +436,16 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         chunks of at most 1 MiB. The files are those recorded when the call starts, whatever uploads do
         meanwhile. NOT_FOUND (CHECKPOINT_FILE_NOT_FOUND) for a path that is not stored; DATA_LOSS
         (CHECKPOINT_FILE_MISSING) when a file's bytes are gone from the registry's storage.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _registry_service_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetServerInfoResponse, _abc.Awaitable[_registry_service_pb2.GetServerInfoResponse]]:
+        """Describes the server process that answers: its release, its database kind and schema level, how
+        long it has been up and its process id (with --workers, each worker answers for itself).
         """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
