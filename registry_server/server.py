@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import peewee as pw
@@ -58,8 +59,11 @@ class RegistryServer:
         servicer: ModelRegistryServicer,
         calls: budget.CallBudget,
         tokens: auth.TokenFile | None = None,
+        http: Any = None,
     ):
         self.server = server
+        self.http = http  # gateway.HttpServer, or None with --no-http
+        self.http_port = http.port if http is not None else None
         self.tokens = tokens
         self.port = port
         self.health = health_servicer
@@ -135,7 +139,12 @@ class RegistryServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.servicer.store.events.stop()
+        if self.http is not None:  # stops listening at once; its calls finish beside gRPC's
+            self.http.server.should_exit = True
+            self.http.server.config.timeout_graceful_shutdown = grace
         self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
+        if self.http is not None:
+            self.http.stop(grace)
         self.calls.shutdown()
         self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
 
@@ -180,6 +189,7 @@ def build_server(
     sqlite_synchronous: str = "full",
     private_address: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    http_port: int | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
@@ -194,7 +204,9 @@ def build_server(
     serves.
     Without `auth_tokens` (a token file) every caller may do everything, so only a loopback `host`
     is served unless `allow_unauthenticated`; ValueError says so. `private_address` (e.g.
-    unix:/path) is served as well, in plaintext: a worker's parent probes its health there."""
+    unix:/path) is served as well, in plaintext: a worker's parent probes its health there.
+    With `http_port` (0 picks a free one), the HTTP/JSON gateway (gateway.py) serves the same service
+    on that port of `host`, through the same gate, with the same TLS certificate."""
     auth.check_exposure(host, auth_tokens is not None, allow_unauthenticated)
     tokens = auth.TokenFile(auth_tokens) if auth_tokens is not None else None
     credentials = tls.credentials() if tls is not None else None
@@ -216,9 +228,10 @@ def build_server(
     )
     # No maximum_concurrent_rpcs: the interceptor admits calls (with an ErrorInfo reason when it
     # refuses), and a refusal by gRPC after admission would never release the call's ticket.
+    interceptor = RegistryInterceptor(SERVICE_NAME, tokens, calls)
     server = grpc.server(
         calls.pools[budget.UNARY],
-        interceptors=[RegistryInterceptor(SERVICE_NAME, tokens, calls)],
+        interceptors=[interceptor],
         options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
     servicer = ModelRegistryServicer(
@@ -241,9 +254,22 @@ def build_server(
         calls.shutdown()
         db.close_all() if hasattr(db, "close_all") else db.close()
         raise OSError(f"cannot bind {host}:{port}")
-    running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens)
+    http = None
+    if http_port is not None:
+        from . import gateway, openapi  # imported only when serving HTTP
+
+        app = gateway.Gateway(servicer, interceptor, max_request_bytes=max_request_bytes, openapi=openapi.render())
+        try:
+            http = gateway.HttpServer(app, host, http_port, reuse_port=reuse_port, tls=tls)
+        except OSError:
+            calls.shutdown()
+            db.close_all() if hasattr(db, "close_all") else db.close()
+            raise
+    running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens, http)
     running.sweep_storage(collect=False)  # blobs are listed by the periodic sweeps only: a start stays quick
     server.start()
+    if http is not None:
+        http.start()
     running.set_serving(database.ping(db))
     running._watcher.start()
     if not database.is_sqlite(db):
