@@ -20,8 +20,8 @@ export function safeHref(href) {
 export function inline(text) {
   const nodes = [];
   let at = 0;
-  INLINE.lastIndex = 0;
-  for (let m = INLINE.exec(text); m; m = INLINE.exec(text)) {
+  const pattern = new RegExp(INLINE); // its own lastIndex: inline() recurses
+  for (let m = pattern.exec(text); m; m = pattern.exec(text)) {
     if (m.index > at) nodes.push(document.createTextNode(text.slice(at, m.index)));
     if (m[1]) nodes.push(h('code', null, m[2].replace(/^ (.*) $/, '$1')));
     else if (m[3] !== undefined || m[4] !== undefined) nodes.push(h('strong', null, inline(m[3] ?? m[4])));

@@ -297,7 +297,7 @@ export async function modelPage(main, name, query, ctx) {
     const newest = history.changes.slice().reverse();
     const timeline = h('ol', { class: 'timeline', id: 'alias-history', reversed: true },
       (historyAll ? newest : newest.slice(0, SHOWN)).map((c) => h('li', null,
-        time(c.time), ' ', h('span', { class: 'who' }, c.principal || 'anonymous'), ' ',
+        time(c.time), ' ', h('span', { class: 'principal' }, c.principal || 'anonymous'), ' ',
         h('span', { class: 'badge alias' }, c.alias), ' ', changeText(c))));
     const historySection = h('section', { class: 'card wide', 'aria-labelledby': 'history-title' },
       h('div', { class: 'section-head' }, h('h2', { id: 'history-title' }, `Alias history (${history.total})`)),
