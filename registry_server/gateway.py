@@ -36,7 +36,7 @@ from grpc_status import rpc_status
 from modelregistry.v1 import checkpoint_pb2, event_pb2, registry_service_pb2 as pb
 
 from . import auth, budget, contract, errors, transcode
-from .interceptor import RegistryInterceptor, gate, serve
+from .interceptor import RegistryInterceptor, gate, serve_call
 from .status import rich_status
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class Gateway:
                 request = gate(principal, route.rpc, parse)
             except errors.RegistryError as error:
                 return Response.error(error)
-            response = serve(principal, route.rpc, lambda: handler(request, context), request, context)
+            response = serve_call(principal, route.rpc, lambda: handler(request, context), request, context)
             if context.code() not in (None, grpc.StatusCode.OK):
                 return Response.error(context.status())
             return Response(200, transcode.to_json(response), [(b"content-type", _JSON)])
@@ -594,7 +594,7 @@ class Gateway:
                 return Response.error(error, [(b"connection", b"close")])
             del file_header
             messages = budget.track_requests(ticket, requests())
-            response = serve(principal, route.rpc, lambda: self.servicer.UploadCheckpointFiles(messages, context), [first], context)
+            response = serve_call(principal, route.rpc, lambda: self.servicer.UploadCheckpointFiles(messages, context), [first], context)
             if context.code() not in (None, grpc.StatusCode.OK):
                 return Response.error(context.status(), [(b"connection", b"close")])
             return Response(200, transcode.to_json(response), [(b"content-type", _JSON)])

@@ -160,7 +160,7 @@ class RegistryInterceptor(grpc.ServerInterceptor):
                 context.abort_with_status(rich_status(refusal))
 
         def serve_as(call: Callable[[], Any], request: Any, context: grpc.ServicerContext) -> Any:
-            return serve(principal, rpc, call, request, context)
+            return serve_call(principal, rpc, call, request, context)
 
         if handler.unary_unary is not None:
             serve = handler.unary_unary
@@ -239,7 +239,7 @@ def gate(principal: auth.Principal, rpc: str, parse: Callable[[], Any]) -> Any:
     return request
 
 
-def serve(principal: auth.Principal, rpc: str, call: Callable[[], Any], request: Any, context: Any) -> Any:
+def serve_call(principal: auth.Principal, rpc: str, call: Callable[[], Any], request: Any, context: Any) -> Any:
     """call() as the principal, then the audit line of a mutation with the status the call ended with
     (read from `context`, a grpc.ServicerContext or the HTTP gateway's). `request` is a list for a
     client stream: its first message, once one came."""
