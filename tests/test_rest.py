@@ -467,3 +467,9 @@ def test_sigterm_ends_an_open_event_stream_within_the_grace(tmp_path: Path) -> N
         assert time.monotonic() - started < 3 + 5
     finally:
         server.kill()
+
+
+def test_the_committed_openapi_document_is_current() -> None:
+    """protos/openapi.json is what `make proto` writes (make check-proto fails otherwise, in CI)."""
+    committed = Path(__file__).resolve().parent.parent / "protos" / "openapi.json"
+    assert committed.read_bytes() == openapi.render(), "run make proto and commit protos/openapi.json"
