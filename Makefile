@@ -7,7 +7,7 @@ ARGS ?=
 # protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: the environment's first.
 PROTOC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc
 
-.PHONY: install run test lint proto check-proto bench bench-files clean
+.PHONY: install run test lint proto check-proto bench bench-http bench-files clean
 
 # One install stamp per set of extras, so that each target installs only what it needs: `make run`
 # the package alone (what `pip install .` gives users), `make test` the test tools too, `make install`
@@ -55,6 +55,10 @@ lint: $(BUF)
 ## bench: throughput and latency beside a no-op gRPC baseline, scale, memory, start-up (README.md, Performance)
 bench: $(VENV)/.installed-run
 	$(BIN)/python -m bench $(ARGS)
+
+## bench-http: GetModel, GetModelVersion, CreateModelVersion over HTTP/JSON beside gRPC, 1 and 16 in flight (bench/http.py)
+bench-http: $(VENV)/.installed-run
+	$(BIN)/python -m bench.http $(ARGS)
 
 ## bench-files: checkpoint upload/download MB/s beside a plain file copy (bench/files.py)
 bench-files: $(VENV)/.installed-run
