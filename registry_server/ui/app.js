@@ -110,7 +110,17 @@ function makeContext() {
       document.body.dataset.painted = String(Date.now());
       main.setAttribute('aria-busy', 'false');
     },
-    editing: (on) => { page.dirty = on; },
+    // While an edit form is open, live changes wait: the page refreshes when the edit ends.
+    editing: (on) => {
+      page.dirty = on;
+      if (!on && page.stale) {
+        page.stale = false;
+        clearTimeout(page.pending);
+        page.pending = setTimeout(() => keepFocus(() => ctx.refresh({ live: true })), 100);
+      }
+    },
+    isEditing: () => page.dirty,
+    deferred: () => { page.stale = true; },
     refused: (error) => {
       if (error.code === 'PERMISSION_DENIED' && error.reason === 'ROLE_NOT_ALLOWED') {
         demote('viewer');
@@ -129,13 +139,11 @@ function makeContext() {
       const changed = () => {
         if (controller.signal.aborted) return;
         if (page.dirty) {
-          const reload = h('button', { type: 'button' }, 'Reload');
-          reload.addEventListener('click', () => { page.dirty = false; showNotice(null); keepFocus(ctx.refresh); });
-          showNotice(['This changed on the server while you were editing. ', reload]);
+          page.stale = true;
           return;
         }
         clearTimeout(page.pending);
-        page.pending = setTimeout(() => keepFocus(ctx.refresh), 100);
+        page.pending = setTimeout(() => keepFocus(() => ctx.refresh({ live: true })), 100);
       };
       // Where the log ends now, then every event after it. The page was fetched meanwhile: refresh
       // once so that a change between the two is not missed.

@@ -100,7 +100,7 @@ export async function modelPage(main, name, query, ctx) {
     return { model: model.model || {}, versions, history };
   }
 
-  async function draw() {
+  async function draw({ live = false } = {}) {
     let data;
     try {
       data = await fetchAll();
@@ -109,6 +109,10 @@ export async function modelPage(main, name, query, ctx) {
       clear(main);
       add(main, [h('h1', { tabindex: '-1' }, name), refusal(error, 'Loading the model')]);
       ctx.painted();
+      return;
+    }
+    if (live && ctx.isEditing()) {
+      ctx.deferred(); // an edit form is open: refresh once it is closed
       return;
     }
     const { model, versions, history } = data;
@@ -331,7 +335,7 @@ export async function comparePage(main, name, query, ctx) {
     h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, 'Models'), ' / ', h('a', { href: route('models', name) }, name), ' / '),
     h('h1', { tabindex: '-1' }, `Compare versions ${numbers.map((n) => `v${n}`).join(', ')}`));
   add(main, head);
-  async function draw() {
+  async function draw({ live = false } = {}) {
     let versions;
     try {
       versions = (await Promise.all(numbers.map((n) => get(`/api/v1/models/${seg(name)}/versions/${n}`, null, ctx.signal)))).map((a) => a.modelVersion || {});

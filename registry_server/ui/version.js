@@ -16,7 +16,7 @@ function treeCard(title, id, value) {
 }
 
 export async function versionPage(main, name, number, query, ctx) {
-  async function draw() {
+  async function draw({ live = false } = {}) {
     let v;
     try {
       v = (await get(`/api/v1/models/${seg(name)}/versions/${seg(number)}`, null, ctx.signal)).modelVersion || {};

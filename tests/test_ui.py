@@ -1,0 +1,376 @@
+"""The web UI in a real browser: Debian's Chromium, driven by Playwright, against a real server
+process (`model-registry-server --http-port 0`). Data is made over gRPC with the Python client, the
+way a pipeline would; everything checked is what the browser shows. Waits are on conditions
+(Playwright's expect), never on fixed sleeps."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+
+from registry_client import Registry
+from tests.servers import ServerProcess
+
+CHROMIUM = os.environ.get("MODEL_REGISTRY_TEST_CHROMIUM", "/usr/bin/chromium")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=20_000)  # the machine may be loaded
+
+EDITOR = "e" * 32  # principal ci, editor
+VIEWER = "v" * 32  # principal alice, viewer
+OTHER = "o" * 32  # principal bob, editor
+
+
+class Running(NamedTuple):
+    server: ServerProcess
+    grpc: str
+    base: str
+
+
+def start(directory: Path, *args: str) -> Running:
+    server = ServerProcess(f"sqlite:///{directory}/registry.db", "--http-port", "0", *args)
+    assert server.http_target, "the server logged no HTTP port:\n" + "".join(server.lines)
+    return Running(server, server.target, f"http://{server.http_target}")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    directory = tmp_path_factory.mktemp("ui")
+    tokens = directory / "tokens"
+    tokens.write_text(f"{EDITOR} ci editor\n{VIEWER} alice viewer\n{OTHER} bob editor\n")
+    tokens.chmod(0o600)
+    running = start(directory, "--auth-tokens", str(tokens))
+    try:
+        yield running
+    finally:
+        running.server.stop()
+
+
+@pytest.fixture(scope="module")
+def ci(registry: Running) -> Iterator[Registry]:
+    client = Registry(registry.grpc, token=EDITOR)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def bob(registry: Running) -> Iterator[Registry]:
+    client = Registry(registry.grpc, token=OTHER)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (its own sessionStorage) at 1280x800; fails the test on a script
+    error or a Content-Security-Policy violation."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    opened.on("console", lambda m: problems.append(m.text) if m.type == "error" and "Content Security Policy" in m.text else None)
+    yield opened
+    context.close()
+    assert not problems, problems
+
+
+def sign_in(page: Page, token: str) -> None:
+    page.click("#signin")
+    page.fill("#token-input", token)
+    page.press("#token-input", "Enter")
+    expect(page.locator("#who")).to_contain_text("Signed in")
+
+
+def open_as(page: Page, registry: Running, token: str, where: str = "#/") -> None:
+    page.goto(registry.base + "/")
+    sign_in(page, token)
+    page.goto(registry.base + "/" + where)
+
+
+def test_models_table_sorts_filters_and_pages(registry: Running, ci: Registry, bob: Registry, page: Page) -> None:
+    for i in range(30):
+        ci.create_model(f"uilist-{i:02d}", description=f"model number {i}" + (" ocr" if i % 10 == 3 else ""),
+                        labels=["vision"] if i % 7 == 0 else [])
+    busy = ci.get_model("uilist-05")
+    for batch in range(3):
+        busy.register_version(checkpoint={"experiment_id": 1, "batch_number": batch, "metrics": {"loss": 1.0 / (batch + 1)}})
+    busy.set_alias("production", 2)
+    ci.get_model("uilist-29").archive()
+    bob.create_model("uilist-bob", description="bob's")
+
+    open_as(page, registry, VIEWER, "#/?name=uilist&pageSize=25")
+    rows = page.locator("#models-table tbody tr")
+    expect(rows).to_have_count(25)
+    expect(page.locator("#models-status")).to_have_text("Models 1–25 of 31")
+    expect(rows.first).to_have_attribute("data-model", "uilist-00")
+    # Latest version and aliases of the visible models.
+    row = page.locator('#models-table tr[data-model="uilist-05"]')
+    expect(row.locator(".c-latest")).to_have_text("v3")
+    expect(row.locator(".c-aliases")).to_have_text(re.compile(r"production → v2"))
+
+    page.click("#next-page")
+    expect(rows).to_have_count(6)
+    expect(page.locator("#models-status")).to_have_text("Models 26–31 of 31")
+    expect(page.locator("#next-page")).to_be_disabled()
+    page.click("#prev-page")
+    expect(page.locator("#models-status")).to_have_text("Models 1–25 of 31")
+
+    # Sorts: by number of versions, then descending by name.
+    page.click('button[data-sort="MODEL_SORT_BY_NUM_VERSIONS"]')
+    expect(page.locator("th.c-num_versions")).to_have_attribute("aria-sort", "ascending")
+    page.click('button[data-sort="MODEL_SORT_BY_NUM_VERSIONS"]')
+    expect(page.locator("th.c-num_versions")).to_have_attribute("aria-sort", "descending")
+    expect(rows.first).to_have_attribute("data-model", "uilist-05")
+    page.select_option("#f-sort", "MODEL_SORT_BY_NAME")
+    page.select_option("#f-order", "ORDER_BY_DESC")
+    page.click("text=Apply")
+    expect(rows.first).to_have_attribute("data-model", "uilist-bob")
+
+    # Filters: labels, description, archived, owner.
+    page.fill("#f-labels", "vision")
+    page.click("text=Apply")
+    expect(rows).to_have_count(5)  # 0, 7, 14, 21, 28
+    page.fill("#f-labels", "")
+    page.fill("#f-description", "OCR")
+    page.click("text=Apply")
+    expect(rows).to_have_count(3)  # 3, 13, 23
+    page.fill("#f-description", "")
+    page.select_option("#f-archived", "true")
+    page.click("text=Apply")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-model", "uilist-29")
+    page.select_option("#f-archived", "")
+    page.fill("#f-owner", "bob")
+    page.click("text=Apply")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-model", "uilist-bob")
+
+
+def test_model_page_compares_versions_and_shows_alias_history(registry: Running, ci: Registry, bob: Registry, page: Page) -> None:
+    model = ci.create_model("uicompare", description="compare me", metadata={"dataset": {"name": "mnist", "rows": 60000}})
+    for batch, loss in ((100, 0.5), (200, 0.25), (300, 0.125)):
+        model.register_version(checkpoint={"experiment_id": 7, "trial_id": 1, "batch_number": batch, "framework": "torch",
+                                           "format": "pt", "metrics": {"loss": loss}, "hparams": {"lr": 0.1, "depth": batch // 100}})
+    model.set_alias("production", 1)
+    model.set_editors(["bob"])
+    bob.get_model("uicompare").set_alias("production", 2)
+
+    open_as(page, registry, VIEWER, "#/models/uicompare")
+    expect(page.locator("#model-description")).to_have_text("compare me")
+    expect(page.locator("#model-metadata")).to_contain_text("mnist")
+    versions = page.locator("#versions-table tbody tr")
+    expect(versions).to_have_count(3)
+    expect(versions.first).to_have_attribute("data-version", "3")  # newest first
+    expect(page.locator('#versions-table tr[data-version="2"]')).to_contain_text("production")
+    expect(page.locator('#versions-table tr[data-version="2"]')).to_contain_text("0.25")
+    history = page.locator("#alias-history li")
+    expect(history).to_have_count(2)
+    expect(history.first).to_contain_text("bob")
+    expect(history.first).to_contain_text("moved from v1 to v2")
+    expect(history.last).to_contain_text("ci")
+    expect(history.last).to_contain_text("set to v1")
+
+    page.check("#pick-1")
+    page.check("#pick-3")
+    page.click("#compare")
+    table = page.locator("#compare-table")
+    expect(table.locator('tr[data-field="loss"]')).to_have_class("differs")
+    expect(table.locator('tr[data-field="loss"]')).to_contain_text("0.5")
+    expect(table.locator('tr[data-field="loss"]')).to_contain_text("0.125")
+    expect(table.locator('tr[data-field="depth"]')).to_have_class("differs")
+    expect(table.locator('tr[data-field="lr"]')).to_have_class("same")
+    expect(table.locator('tr[data-field="framework"]')).to_have_class("same")
+    page.check("#only-diffs")
+    expect(table.locator('tr[data-field="lr"]')).to_be_hidden()
+
+
+def test_version_page_lists_files_with_download_links_and_snippets(registry: Running, ci: Registry, page: Page, tmp_path: Path) -> None:
+    files = tmp_path / "ckpt"
+    (files / "config").mkdir(parents=True)
+    (files / "model.pkl").write_bytes(bytes(range(256)) * 40)
+    (files / "config" / "hparams.json").write_text('{"lr": 0.1}')
+    checkpoint = ci.upload_checkpoint(files, experiment_id=3, trial_id=2, batch_number=50, framework="sklearn", format="pkl",
+                                      metrics={"acc": 0.9})
+    ci.create_model("uiversion").register_version(checkpoint.uuid, comment="first")
+
+    open_as(page, registry, VIEWER, "#/models/uiversion/versions/1")
+    expect(page.locator("#checkpoint-uuid")).to_have_text(checkpoint.uuid)
+    expect(page.locator("#checkpoint-metrics")).to_contain_text("acc")
+    row = page.locator('#files-table tr[data-path="model.pkl"]')
+    expect(row).to_contain_text("10.0 KiB")
+    link = row.locator("a.download")
+    expect(link).to_have_attribute("href", f"/api/v1/checkpoints/{checkpoint.uuid}/files/model.pkl")
+    with page.expect_download() as downloading:
+        link.click()
+    saved = tmp_path / "downloaded"
+    downloading.value.save_as(saved)
+    assert saved.read_bytes() == (files / "model.pkl").read_bytes()
+    expect(page.locator("figure.snippet", has_text="Command line")).to_contain_text(f"model-registry checkpoint download {checkpoint.uuid}")
+    expect(page.locator("figure.snippet", has_text="Python client")).to_contain_text('r.get_version("uiversion", version=1)')
+    expect(page.locator("figure.snippet", has_text="curl")).to_contain_text(f"{registry.base}/api/v1/checkpoints/{checkpoint.uuid}/files/config/hparams.json")
+
+
+def test_editor_edits_and_sees_refusals(registry: Running, ci: Registry, bob: Registry, page: Page) -> None:
+    model = ci.create_model("uiedit", description="before")
+    model.register_version(checkpoint={"experiment_id": 1})
+    model.register_version(checkpoint={"experiment_id": 1})
+    bob.create_model("uiedit-bobs", description="bob's own")
+
+    open_as(page, registry, EDITOR, "#/models/uiedit")
+    page.click("#edit-description")
+    page.fill("#edit-description-input", "after, edited in the browser")
+    page.click("text=Save")
+    expect(page.locator("#model-description")).to_have_text("after, edited in the browser")
+    assert ci.get_model("uiedit").description == "after, edited in the browser"
+
+    page.click("#edit-labels")
+    page.fill("#edit-labels-input", "nlp, candidate")
+    page.click("text=Save")
+    expect(page.locator("#model-labels")).to_contain_text("candidate")
+
+    page.click("#edit-notes")
+    page.fill("#edit-notes-input", "# Trained\n\n- on **all** the data")
+    page.click("text=Save")
+    expect(page.locator("#model-notes strong")).to_have_text("all")
+
+    page.fill("#meta-key", "owner_team")
+    page.fill("#meta-value", '{"name": "vision"}')
+    page.click("text=Set key")
+    expect(page.locator("#model-metadata")).to_contain_text("owner_team")
+    assert ci.get_model("uiedit").metadata["owner_team"] == {"name": "vision"}
+
+    page.fill("#alias-name", "production")
+    page.fill("#alias-version", "1")
+    page.click("#alias-set")
+    expect(page.locator('#model-aliases li[data-alias="production"]')).to_contain_text("production → v1")
+    page.fill("#alias-name", "production")
+    page.fill("#alias-version", "2")
+    page.click("#alias-set")
+    expect(page.locator('#model-aliases li[data-alias="production"]')).to_contain_text("production → v2")
+    expect(page.locator("#alias-history li").first).to_contain_text("moved from v1 to v2")
+    page.click('button[aria-label="Delete alias production"]')
+    expect(page.locator('#model-aliases li[data-alias="production"]')).to_have_count(0)
+
+    # A refusal: an alias that breaks the rules, then a model that is not ci's.
+    page.fill("#alias-name", "123")
+    page.fill("#alias-version", "1")
+    page.click("#alias-set")
+    expect(page.locator(".error")).to_contain_text("INVALID_ALIAS")
+
+    page.click("#archive-toggle")
+    expect(page.locator("#model-name")).to_contain_text("archived")
+    page.click("#edit-description")
+    page.fill("#edit-description-input", "refused")
+    page.click("text=Save")
+    expect(page.locator(".error")).to_contain_text("MODEL_ARCHIVED")
+    page.click("text=Cancel")
+    page.click("#archive-toggle")
+    expect(page.locator("#model-name")).not_to_contain_text("archived")
+
+    page.goto(registry.base + "/#/models/uiedit-bobs")
+    expect(page.locator("#model-name")).to_have_text("uiedit-bobs")
+    page.click("#edit-description")
+    page.fill("#edit-description-input", "taken over")
+    page.click("text=Save")
+    refusal = page.locator(".error")
+    expect(refusal).to_contain_text("PERMISSION_DENIED")
+    expect(refusal).to_contain_text("NOT_MODEL_EDITOR")
+    assert bob.get_model("uiedit-bobs").description == "bob's own"
+
+
+def test_viewer_sees_no_edit_controls(registry: Running, ci: Registry, page: Page) -> None:
+    ci.create_model("uiviewer", description="look, don't touch").register_version(checkpoint={"experiment_id": 1})
+    page.goto(registry.base + "/#/models/uiviewer")
+    expect(page.locator("#notice")).to_contain_text("needs a token")  # the server has tokens
+    sign_in(page, VIEWER)
+    expect(page.locator("#who")).to_have_text("Signed in: read only")
+    expect(page.locator("#model-description")).to_have_text("look, don't touch")
+    expect(page.locator("#versions-table tbody tr")).to_have_count(1)
+    for control in ("#edit-description", "#edit-labels", "#edit-notes", "#archive-toggle", "#alias-set", "#meta-key"):
+        expect(page.locator(control)).to_have_count(0)
+    assert page.locator("main button", has_text="Delete").count() == 0
+
+
+def test_hostile_strings_render_as_text(registry: Running, ci: Registry, page: Page) -> None:
+    xss = '<img src=x onerror="window.__xss=1">'
+    name = "ui<b onmouseover=window.__xss=1>bold&amp;"
+    ci.create_model(
+        name,
+        description=xss,
+        labels=["<script>window.__xss=1</script>"],
+        notes=f"# {xss}\n\n<script>window.__xss=1</script>\n\n[click](javascript:window.__xss=1) and **{xss}**",
+        metadata={"<svg onload=window.__xss=1>": {"k": xss}},
+    ).register_version(checkpoint={"experiment_id": 1, "metrics": {xss: 1}})
+
+    open_as(page, registry, VIEWER, "#/?name=ui%3Cb")
+    row = page.locator("#models-table tbody tr").first
+    expect(row.locator(".c-name a")).to_have_text(name)
+    expect(row.locator(".c-description")).to_have_text(xss)
+    expect(row.locator(".c-labels")).to_have_text("<script>window.__xss=1</script>")
+    row.locator(".c-name a").click()
+    expect(page.locator("#model-name")).to_have_text(name)
+    expect(page.locator("#model-description")).to_have_text(xss)
+    expect(page.locator("#model-notes h3")).to_have_text(xss)
+    expect(page.locator("#model-notes")).to_contain_text("<script>window.__xss=1</script>")
+    expect(page.locator("#model-notes")).to_contain_text("[click](javascript:window.__xss=1)")
+    expect(page.locator("#model-metadata")).to_contain_text("<svg onload=window.__xss=1>")
+    page.locator("#versions-table a", has_text="v1").click()
+    expect(page.locator("#checkpoint-metrics")).to_contain_text(xss)
+    assert page.locator("main img, main script, main svg, main b, a[href^='javascript']").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+
+def test_pages_refresh_live_on_changes_made_over_grpc(registry: Running, ci: Registry, page: Page) -> None:
+    model = ci.create_model("uilive")
+    model.register_version(checkpoint={"experiment_id": 1})
+    model.register_version(checkpoint={"experiment_id": 1})
+    model.set_alias("production", 1)
+
+    open_as(page, registry, VIEWER, "#/models/uilive")
+    expect(page.locator('#model-aliases li[data-alias="production"]')).to_contain_text("production → v1")
+    expect(page.locator("body")).to_have_attribute("data-live", "on")
+    model.set_alias("production", 2)
+    expect(page.locator('#model-aliases li[data-alias="production"]')).to_contain_text("production → v2")
+    expect(page.locator("#alias-history li").first).to_contain_text("moved from v1 to v2")
+    model.register_version(checkpoint={"experiment_id": 1})
+    expect(page.locator("#versions-table tbody tr").first).to_have_attribute("data-version", "3")
+
+    # The events view follows the stream.
+    page.goto(registry.base + "/#/events?models=uilive")
+    expect(page.locator('#events-body tr[data-kind="ALIAS_SET"]')).to_have_count(2)
+    expect(page.locator("#events-state")).to_contain_text("Live")
+    model.delete_alias("production")
+    expect(page.locator('#events-body tr[data-kind="ALIAS_DELETED"]')).to_have_count(1)
+
+
+def test_server_without_tokens_needs_no_sign_in(browser: Browser, tmp_path: Path) -> None:
+    running = start(tmp_path)
+    try:
+        with Registry(running.grpc) as client:
+            client.create_model("open-model", description="anyone may edit")
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.goto(running.base + "/#/models/open-model")
+        expect(page.locator("#who")).to_have_text("No sign-in needed")
+        page.click("#edit-description")
+        page.fill("#edit-description-input", "edited without a token")
+        page.click("text=Save")
+        expect(page.locator("#model-description")).to_have_text("edited without a token")
+        context.close()
+    finally:
+        running.server.stop()
