@@ -776,7 +776,7 @@ class HttpServer:
     def stop(self, grace: float | None) -> None:
         """Stops listening, closes idle connections, waits up to `grace` seconds for calls in flight,
         then cuts the rest."""
-        self.server.config.timeout_graceful_shutdown = grace
+        self.server.config.timeout_graceful_shutdown = grace or 0
         self.server.should_exit = True
         self.thread.join((grace or 0) + 5)
         self.socket.close()

@@ -141,7 +141,7 @@ class RegistryServer:
         self.servicer.store.events.stop()
         if self.http is not None:  # stops listening at once; its calls finish beside gRPC's
             self.http.server.should_exit = True
-            self.http.server.config.timeout_graceful_shutdown = grace
+            self.http.server.config.timeout_graceful_shutdown = grace or 0  # None: cut at once, as gRPC does
         self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
         if self.http is not None:
             self.http.stop(grace)

@@ -436,6 +436,21 @@ def test_https_with_the_grpc_certificate(tmp_path: Path) -> None:
         running.stop(grace=None)
 
 
+def test_mutual_tls_over_https(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path)
+    cert, me = ca.issue("registry server", server=True), ca.issue("me", server=False)
+    running = build_server(f"sqlite:///{tmp_path}/r.db", "127.0.0.1", 0, tls=TlsFiles(cert.cert, cert.key, ca.path), http_port=0)
+    try:
+        anonymous = ssl.create_default_context(cafile=ca.path)
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            Http(running.http_port or 0, context=anonymous).request("GET", "/api/v1/models")
+        known = ssl.create_default_context(cafile=ca.path)
+        known.load_cert_chain(me.cert, me.key)
+        assert Http(running.http_port or 0, context=known).json("GET", "/api/v1/models") == {}
+    finally:
+        running.stop(grace=None)
+
+
 def test_workers_serve_http_on_one_port_and_no_http_turns_it_off(tmp_path: Path) -> None:
     with ServerProcess(f"sqlite:///{tmp_path}/r.db", workers=2) as server:
         assert server.http_target
