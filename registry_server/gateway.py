@@ -118,6 +118,12 @@ class HttpContext:
                 return True
         return False
 
+    def end(self, code: grpc.StatusCode, details: str) -> None:
+        """budget.Ticket.end: the call is ended with this status (idle, token revoked)."""
+        if self._code is None:
+            self._code, self._details = code, details
+        self.cancel()
+
     def cancel(self) -> None:
         """The client went away, or budget.Ticket.end: the call stops at its next look."""
         with self._lock:
@@ -200,6 +206,15 @@ class _Pipe:
                     raise Cancelled("the client went away") from None
             except (concurrent.futures.CancelledError, RuntimeError):  # the loop is gone
                 raise Cancelled("the server stopped") from None
+
+    def put_last(self, item: Any) -> None:
+        """The stream's last item (how it ended), even once the call is no longer active; dropped
+        when the client does not take it within a moment."""
+        future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        try:
+            future.result(timeout=_PUT_TIMEOUT_S * 4)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+            future.cancel()
 
     def get_from_thread(self) -> Any:
         """The next item, for a thread reading what the event loop puts (an upload's body)."""
@@ -446,8 +461,8 @@ class Gateway:
             pipe.put(None)  # the answer starts
             for response in budget.track_responses(ticket, self.servicer.WatchEvents(request, context)):
                 pipe.put(response)
-            if context.code() not in (None, grpc.StatusCode.OK):
-                pipe.put(context.status())
+            if context.code() not in (None, grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                pipe.put_last(context.status())
 
         async def start(first: Any) -> bool:
             if isinstance(first, Response):

@@ -503,3 +503,32 @@ def test_keep_alive_answers_are_not_held_back_by_nagle(sqlite_api: Http) -> None
         took.append(time.perf_counter() - began)
     connection.close()
     assert sorted(took)[10] < 0.030, took
+
+
+def test_streams_over_their_cap_get_429(tmp_path: Path) -> None:
+    running = build_server(f"sqlite:///{tmp_path}/r.db", "127.0.0.1", 0, http_port=0, max_watchers=1)
+    try:
+        api = Http(running.http_port or 0)
+        connection = api.connection()
+        connection.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+        stream = connection.getresponse()
+        assert stream.status == 200 and stream.readline() == b": watching\n"
+        assert api.refused("GET", "/api/v1/events") == (429, "TOO_MANY_STREAMS")
+        connection.close()
+        wait_for(lambda: running.calls.active("watch") == 0, what="the watch to end")
+        assert api.request("GET", "/api/v1/events?stopAtEnd=true")[0] == 200
+    finally:
+        running.stop(grace=None)
+
+
+def test_a_revoked_token_ends_its_event_stream_with_the_reason(secured: RegistryServer, tmp_path: Path) -> None:
+    api = Http(secured.http_port or 0, token=TOKENS["viewer"][0])
+    connection = api.connection()
+    connection.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream", "Authorization": f"Bearer {TOKENS['viewer'][0]}"})
+    stream = connection.getresponse()
+    assert stream.status == 200 and stream.readline() == b": watching\n"
+    write_tokens(tmp_path / "tokens", {k: v for k, v in TOKENS.items() if k != "viewer"})
+    assert secured.reload_tokens()
+    rest = stream.read().decode()  # the server ends the stream
+    assert "event: error" in rest and "TOKEN_REVOKED" in rest
+    assert api.refused("GET", "/api/v1/models") == (401, "INVALID_TOKEN")
