@@ -221,6 +221,17 @@ window.addEventListener('hashchange', () => {
 
 (async () => {
   lastPath = parse().parts.join('/');
+  // The first page does not wait for the role (one more round trip) unless it is remembered; when
+  // the role turns out to allow edits, the page is drawn again with its edit controls.
+  const remembered = sessionStorage.getItem('model-registry-role');
+  if (remembered) {
+    session.role = remembered;
+    drawSession();
+  }
+  const before = session.role;
+  const first = show();
   await refreshSession();
-  show();
+  await first;
+  const { parts } = parse();
+  if (session.role !== before && parts[0] === 'models' && parts.length === 2) show(); // the only page with edit controls
 })();
