@@ -532,3 +532,17 @@ def test_a_revoked_token_ends_its_event_stream_with_the_reason(secured: Registry
     rest = stream.read().decode()  # the server ends the stream
     assert "event: error" in rest and "TOKEN_REVOKED" in rest
     assert api.refused("GET", "/api/v1/models") == (401, "INVALID_TOKEN")
+
+
+def test_templates_bind_nested_fields_multi_segment_values_and_verbs() -> None:
+    """What the grammar of google.api.http allows beyond the routes in use: `{model.name=models/*}`,
+    `{path=**}`, a custom verb."""
+    pattern, variables = transcode._compile("/v9/{model.name=models/*}/{rest=**}:touch")
+    route = transcode.Route("UpdateModel", "POST", "t", "", pattern, variables, pb.UpdateModelRequest,
+                            contract.SERVICE.methods_by_name["UpdateModel"])
+    bound = route.match("/v9/models/m%20n/a/b%2Fc:touch")
+    assert bound == {"model.name": "models/m n", "rest": "a/b/c"}
+    assert route.match("/v9/other/m/a:touch") is None and route.match("/v9/models/m/a") is None
+    request = transcode.request(route, {"model.name": "m"}, {"updateMask": ["description,labels"], "model.description": ["d"]}, b"")
+    assert request.model.name == "m" and request.model.description == "d"
+    assert list(request.update_mask.paths) == ["description", "labels"]
