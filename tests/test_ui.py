@@ -96,6 +96,14 @@ def sign_in(page: Page, token: str) -> None:
     expect(page.locator("#who")).to_contain_text("Signed in")
 
 
+def assert_labelled(page: Page) -> None:
+    """Every form control in the page has a name for assistive technology (a label or aria-label)."""
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('main input, main select, main textarea, main button')]
+        .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+        .map((el) => el.outerHTML)""")
+    assert not unlabelled, unlabelled
+
+
 def open_as(page: Page, registry: Running, token: str, where: str = "#/") -> None:
     page.goto(registry.base + "/")
     sign_in(page, token)
@@ -123,6 +131,7 @@ def test_models_table_sorts_filters_and_pages(registry: Running, ci: Registry, b
     expect(row.locator(".c-latest")).to_have_text("v3")
     expect(row.locator(".c-aliases")).to_have_text(re.compile(r"production → v2"))
 
+    assert_labelled(page)
     page.click("#next-page")
     expect(rows).to_have_count(6)
     expect(page.locator("#models-status")).to_have_text("Models 26–31 of 31")
@@ -131,7 +140,8 @@ def test_models_table_sorts_filters_and_pages(registry: Running, ci: Registry, b
     expect(page.locator("#models-status")).to_have_text("Models 1–25 of 31")
 
     # Sorts: by number of versions, then descending by name.
-    page.click('button[data-sort="MODEL_SORT_BY_NUM_VERSIONS"]')
+    page.focus('button[data-sort="MODEL_SORT_BY_NUM_VERSIONS"]')
+    page.keyboard.press("Enter")  # the keyboard works the sort as the mouse does
     expect(page.locator("th.c-num_versions")).to_have_attribute("aria-sort", "ascending")
     page.click('button[data-sort="MODEL_SORT_BY_NUM_VERSIONS"]')
     expect(page.locator("th.c-num_versions")).to_have_attribute("aria-sort", "descending")
@@ -232,6 +242,8 @@ def test_editor_edits_and_sees_refusals(registry: Running, ci: Registry, bob: Re
     bob.create_model("uiedit-bobs", description="bob's own")
 
     open_as(page, registry, EDITOR, "#/models/uiedit")
+    expect(page.locator("#alias-set")).to_be_visible()
+    assert_labelled(page)
     page.click("#edit-description")
     page.fill("#edit-description-input", "after, edited in the browser")
     page.click("text=Save")
@@ -313,7 +325,8 @@ def test_hostile_strings_render_as_text(registry: Running, ci: Registry, page: P
         name,
         description=xss,
         labels=["<script>window.__xss=1</script>"],
-        notes=f"# {xss}\n\n<script>window.__xss=1</script>\n\n[click](javascript:window.__xss=1) and **{xss}**",
+        notes=f"# {xss}\n\n<script>window.__xss=1</script>\n\n[click](javascript:window.__xss=1) and **{xss}**"
+        "\n\nSee [the docs](https://example.com/docs).",
         metadata={"<svg onload=window.__xss=1>": {"k": xss}},
     ).register_version(checkpoint={"experiment_id": 1, "metrics": {xss: 1}})
 
@@ -329,6 +342,10 @@ def test_hostile_strings_render_as_text(registry: Running, ci: Registry, page: P
     expect(page.locator("#model-notes")).to_contain_text("<script>window.__xss=1</script>")
     expect(page.locator("#model-notes")).to_contain_text("[click](javascript:window.__xss=1)")
     expect(page.locator("#model-metadata")).to_contain_text("<svg onload=window.__xss=1>")
+    link = page.locator("#model-notes a")
+    expect(link).to_have_count(1)  # the https link, not the javascript: one
+    expect(link).to_have_attribute("href", "https://example.com/docs")
+    expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
     page.locator("#versions-table a", has_text="v1").click()
     expect(page.locator("#checkpoint-metrics")).to_contain_text(xss)
     assert page.locator("main img, main script, main svg, main b, a[href^='javascript']").count() == 0
