@@ -598,8 +598,11 @@ class Gateway:
         def requests() -> Iterator[pb.UploadCheckpointFilesRequest]:
             yield first
             yield header()
-            while (chunk := pipe.get_from_thread()) is not _END:
-                yield pb.UploadCheckpointFilesRequest(chunk=chunk)
+            try:
+                while (chunk := pipe.get_from_thread()) is not _END:
+                    yield pb.UploadCheckpointFilesRequest(chunk=chunk)
+            except Cancelled:  # the client went away (or the call was ended): the servicer sees it inactive
+                return
 
         def call() -> Response:
             try:

@@ -546,3 +546,17 @@ def test_templates_bind_nested_fields_multi_segment_values_and_verbs() -> None:
     request = transcode.request(route, {"model.name": "m"}, {"updateMask": ["description,labels"], "model.description": ["d"]}, b"")
     assert request.model.name == "m" and request.model.description == "d"
     assert list(request.update_mask.paths) == ["description", "labels"]
+
+
+def test_an_upload_cut_mid_body_stores_nothing_and_fails_nothing(sqlite_served: RegistryServer, sqlite_api: Http,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    uuid = sqlite_api.json("POST", "/api/v1/checkpoints", {"checkpoint": {"state": "CHECKPOINT_STATE_ACTIVE"}})["checkpoint"]["uuid"]
+    sha = hashlib.sha256(b"x" * 1000).hexdigest()
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(("127.0.0.1", sqlite_served.http_port or 0), timeout=30) as raw:
+            raw.sendall(f"POST /api/v1/checkpoints/{uuid}/files?path=a&sha256={sha} HTTP/1.1\r\nHost: x\r\n"
+                        "Content-Length: 1000\r\n\r\n".encode() + b"x" * 10)
+            wait_for(lambda: sqlite_served.calls.active("upload") == 1, what="the upload to start")
+        wait_for(lambda: sqlite_served.calls.active("upload") == 0, what="the cut upload to end")
+    assert sqlite_api.json("GET", f"/api/v1/checkpoints/{uuid}")["checkpoint"]["state"] == "CHECKPOINT_STATE_ACTIVE"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
