@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import logging
 import mimetypes
@@ -535,11 +536,17 @@ class Gateway:
                 status = 206
                 common.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
             length = max(0, last - first + 1)
+            chunks: Iterator[Any] = messages
+            if length and not head_only:  # the first bytes before the answer: a blob gone from storage is a clean error
+                opening = next(messages, None)
+                if opening is None or opening.WhichOneof("content") != "chunk":
+                    return pipe.put(Response.error(context.status()))
+                chunks = itertools.chain([opening], messages)
             pipe.put(Response(status, b"", [(b"content-type", b"application/octet-stream"), (b"content-length", str(length).encode()), *common]))
             if head_only or length == 0:
                 return
             offset = 0
-            for message in messages:
+            for message in chunks:
                 if message.WhichOneof("content") != "chunk":
                     break
                 chunk = message.chunk

@@ -560,3 +560,11 @@ def test_an_upload_cut_mid_body_stores_nothing_and_fails_nothing(sqlite_served: 
         wait_for(lambda: sqlite_served.calls.active("upload") == 0, what="the cut upload to end")
     assert sqlite_api.json("GET", f"/api/v1/checkpoints/{uuid}")["checkpoint"]["state"] == "CHECKPOINT_STATE_ACTIVE"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_file_gone_from_storage_is_a_clean_data_loss(sqlite_api: Http, tmp_path: Path) -> None:
+    uuid = sqlite_api.json("POST", "/api/v1/checkpoints", {"checkpoint": {"state": "CHECKPOINT_STATE_ACTIVE"}})["checkpoint"]["uuid"]
+    assert upload(sqlite_api, uuid, "w.bin", b"weights")[0] == 200
+    digest = hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "files" / "blobs" / digest[:2] / digest).unlink()
+    assert sqlite_api.refused("GET", f"/api/v1/checkpoints/{uuid}/files/w.bin") == (500, "CHECKPOINT_FILE_MISSING")
