@@ -391,3 +391,67 @@ def test_server_without_tokens_needs_no_sign_in(browser: Browser, tmp_path: Path
         context.close()
     finally:
         running.server.stop()
+
+
+def screenshots(directory: Path) -> list[Path]:
+    """PNGs of each page of the UI on a small demo registry, for the README: `python -m tests.test_ui DIR`
+    (what `make screenshots` runs)."""
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = []
+    with tempfile.TemporaryDirectory() as data:
+        running = start(Path(data))
+        try:
+            with Registry(running.grpc) as client:
+                mnist = client.create_model(
+                    "mnist_cnn", description="a character recognition model", labels=["vision", "production"],
+                    metadata={"dataset_url": "http://yann.lecun.com/exdb/mnist/", "owner": {"team": "vision", "oncall": "ana"}},
+                    notes="# MNIST CNN\n\nTrained on the **full** training set.\n\n- 2 conv layers\n- dropout 0.25\n\nSee [the paper](https://example.com/paper).",
+                )
+                for batch, (loss, acc) in enumerate(((0.31, 0.91), (0.12, 0.96), (0.09, 0.975)), start=1):
+                    mnist.register_version(checkpoint={
+                        "experiment_id": 1, "trial_id": batch, "batch_number": batch * 1000, "framework": "torch-2.4", "format": "pt",
+                        "metrics": {"test_loss": loss, "test_acc": acc}, "hparams": {"lr": 0.01 / batch, "epochs": 10 * batch, "dropout": 0.25},
+                    }, comment=f"trial {batch}")
+                mnist.set_alias("production", 2)
+                mnist.set_alias("staging", 3)
+                mnist.set_alias("production", 3)
+                files = Path(data) / "ckpt"
+                files.mkdir()
+                (files / "model.pt").write_bytes(b"\0" * 120_000)
+                (files / "config.json").write_text('{"layers": 2}')
+                uploaded = client.upload_checkpoint(files, experiment_id=2, trial_id=1, batch_number=500, framework="sklearn", format="pkl",
+                                                    metrics={"f1": 0.88})
+                for name, description in (("fashion_mnist", "a clothing recognition model"), ("bert_ner", "named entities"),
+                                          ("resnet50", "image classification"), ("whisper_small", "speech to text")):
+                    model = client.create_model(name, description=description, labels=["nlp"] if "bert" in name else ["vision"])
+                    model.register_version(uploaded.uuid if name == "fashion_mnist" else None,
+                                           checkpoint=None if name == "fashion_mnist" else {"experiment_id": 3, "metrics": {"acc": 0.8}})
+            with sync_playwright() as playwright:
+                launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+                page = launched.new_context(viewport={"width": 1280, "height": 800}).new_page()
+                for name, where, ready in (
+                    ("ui-models", "#/", "text=production → v3"),
+                    ("ui-model", "#/models/mnist_cnn", "#alias-history li"),
+                    ("ui-compare", "#/models/mnist_cnn/compare?v=1,2,3", "#compare-table"),
+                    ("ui-version", "#/models/fashion_mnist/versions/1", "#files-table"),
+                    ("ui-events", "#/events", "#events-body tr"),
+                ):
+                    page.goto(f"{running.base}/{where}")
+                    page.wait_for_selector(ready)
+                    page.wait_for_selector("body[data-painted]")
+                    path = directory / f"{name}.png"
+                    page.screenshot(path=str(path), full_page=name != "ui-events")
+                    saved.append(path)
+                launched.close()
+        finally:
+            running.server.stop()
+    return saved
+
+
+if __name__ == "__main__":
+    import sys
+
+    for made in screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs")):
+        print(made)

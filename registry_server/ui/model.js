@@ -356,7 +356,7 @@ export async function comparePage(main, name, query, ctx) {
     section('Version', (v) => ({ name: v.name, comment: v.comment, labels: (v.labels || []).join(', '), aliases: (v.aliases || []).join(', '), owner: v.owner, created: v.creationTime }));
     section('Checkpoint', (v) => {
       const c = v.checkpoint || {};
-      return { uuid: c.uuid, experiment: c.experimentId, trial: c.trialId, batch: c.batchNumber, framework: c.framework, format: c.format, state: c.state, reported: c.reportTime };
+      return { uuid: c.uuid, experiment: c.experimentId, trial: c.trialId, batch: c.batchNumber, framework: c.framework, format: c.format, state: (c.state || '').replace('CHECKPOINT_STATE_', ''), reported: c.reportTime };
     });
     section('Metrics', (v) => flatten((v.checkpoint || {}).metrics || {}));
     section('Hyperparameters', (v) => flatten((v.checkpoint || {}).hparams || {}));
