@@ -309,6 +309,12 @@ def test_viewer_sees_no_edit_controls(registry: Running, ci: Registry, page: Pag
     ci.create_model("uiviewer", description="look, don't touch").register_version(checkpoint={"experiment_id": 1})
     page.goto(registry.base + "/#/models/uiviewer")
     expect(page.locator("#notice")).to_contain_text("needs a token")  # the server has tokens
+    page.click("#signin")
+    page.fill("#token-input", "not-a-token")
+    page.press("#token-input", "Enter")
+    expect(page.locator("#notice")).to_contain_text("That token was refused")
+    expect(page.locator("#who")).to_have_text("Not signed in")
+    expect(page.locator("#signout")).to_be_hidden()  # the refused token is not kept
     sign_in(page, VIEWER)
     expect(page.locator("#who")).to_have_text("Signed in: read only")
     expect(page.locator("#model-description")).to_have_text("look, don't touch")

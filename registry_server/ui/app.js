@@ -74,7 +74,11 @@ document.getElementById('signin-form').addEventListener('submit', async (event) 
   setToken(token);
   showNotice(null);
   await refreshSession();
-  if (session.role === 'signed-out') showNotice('That token was refused (UNAUTHENTICATED). Check it and sign in again.', 'error');
+  if (session.role === 'signed-out') {
+    setToken(''); // a refused token is not kept
+    drawSession();
+    showNotice('That token was refused (UNAUTHENTICATED). Check it and sign in again.', 'error');
+  }
   show();
 });
 signout.addEventListener('click', async () => {
