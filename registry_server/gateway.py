@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
+from urllib.parse import quote, unquote
 
 import grpc
 from google.protobuf import json_format
@@ -65,7 +66,6 @@ _REASON_STATUS = {"REQUEST_TOO_LARGE": 413, "METHOD_NOT_ALLOWED": 405, "RANGE_NO
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _CSP = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
 _JSON = b"application/json"
-_STREAM_RPCS = ("WatchEvents", "DownloadCheckpointFiles", "UploadCheckpointFiles")
 _PUT_TIMEOUT_S = 0.5  # how often a blocked stream thread looks whether its client went away
 
 
@@ -651,8 +651,6 @@ class Gateway:
         relative = "index.html" if path == "/" else path[len("/ui/") :]
         not_found = Response.error(errors.NotFound("ROUTE_NOT_FOUND", "no such file of the web UI"))
         try:
-            from urllib.parse import unquote
-
             relative = unquote(relative, errors="strict")
         except UnicodeDecodeError:
             return not_found
@@ -711,8 +709,6 @@ def _content_type(name: str) -> bytes:
 
 
 def _disposition(name: str) -> bytes:
-    from urllib.parse import quote
-
     ascii_name = re.sub(r'[^A-Za-z0-9._-]', "_", name) or "file"
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}".encode()
 
