@@ -568,3 +568,15 @@ def test_a_file_gone_from_storage_is_a_clean_data_loss(sqlite_api: Http, tmp_pat
     digest = hashlib.sha256(b"weights").hexdigest()
     (tmp_path / "files" / "blobs" / digest[:2] / digest).unlink()
     assert sqlite_api.refused("GET", f"/api/v1/checkpoints/{uuid}/files/w.bin") == (500, "CHECKPOINT_FILE_MISSING")
+
+
+def test_a_download_takes_path_or_paths_not_both(sqlite_served: RegistryServer, sqlite_api: Http) -> None:
+    uuid = sqlite_api.json("POST", "/api/v1/checkpoints", {"checkpoint": {"state": "CHECKPOINT_STATE_ACTIVE"}})["checkpoint"]["uuid"]
+    assert upload(sqlite_api, uuid, "a", b"a")[0] == 200
+    with grpc.insecure_channel(f"127.0.0.1:{sqlite_served.port}") as channel:
+        stub = pb_grpc.ModelRegistryServiceStub(channel)
+        one = list(stub.DownloadCheckpointFiles(pb.DownloadCheckpointFilesRequest(checkpoint_uuid=uuid, path="a"), timeout=10))
+        assert [m.WhichOneof("content") for m in one] == ["file", "chunk"] and one[1].chunk == b"a"
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.DownloadCheckpointFiles(pb.DownloadCheckpointFilesRequest(checkpoint_uuid=uuid, path="a", paths=["a"]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "path" in (refused.value.details() or "")
