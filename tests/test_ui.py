@@ -136,8 +136,13 @@ def test_models_table_sorts_filters_and_pages(registry: Running, ci: Registry, b
     expect(rows).to_have_count(6)
     expect(page.locator("#models-status")).to_have_text("Models 26–31 of 31")
     expect(page.locator("#next-page")).to_be_disabled()
+    page.go_back()  # the browser's history pages too
+    expect(page.locator("#models-status")).to_have_text("Models 1–25 of 31")
+    page.go_forward()
+    expect(page.locator("#models-status")).to_have_text("Models 26–31 of 31")
     page.click("#prev-page")
     expect(page.locator("#models-status")).to_have_text("Models 1–25 of 31")
+    expect(page.locator("#prev-page")).to_be_disabled()
 
     # Sorts: by number of versions, then descending by name.
     page.focus('button[data-sort="MODEL_SORT_BY_NUM_VERSIONS"]')

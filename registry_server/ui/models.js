@@ -46,6 +46,7 @@ function filtersOf(query) {
     owner: query.get('owner') || '',
     pageSize: PAGE_SIZES.includes(query.get('pageSize')) ? query.get('pageSize') : '50',
     pageToken: query.get('pageToken') || '',
+    page: query.get('pageToken') ? Math.max(1, Number.parseInt(query.get('page'), 10) || 1) : 0,
   };
 }
 
@@ -57,15 +58,17 @@ function hashOf(filters) {
   return `#/?${params}`;
 }
 
-// Previous pages' tokens, kept while the filters stay the same.
-let history = { key: '', tokens: [] };
+// The token of each page seen (by page number, 0 the first), kept while the filters stay the same;
+// the page number travels in the address, so the browser's Back keeps the count right.
+let pages = { key: '', tokens: [''] };
 
 export async function modelsPage(main, query, ctx) {
   const f = filtersOf(query);
-  const key = JSON.stringify({ ...f, pageToken: undefined });
-  if (history.key !== key) history = { key, tokens: [] };
+  const key = JSON.stringify({ ...f, pageToken: undefined, page: undefined });
+  if (pages.key !== key) pages = { key, tokens: [''] };
+  pages.tokens[f.page] = f.pageToken;
   const go = (changes) => {
-    location.hash = hashOf({ ...f, pageToken: '', ...changes });
+    location.hash = hashOf({ ...f, pageToken: '', page: '', ...changes });
   };
 
   const field = (id, label, input) => h('div', { class: 'field' }, h('label', { for: id }, label), input);
@@ -135,7 +138,7 @@ export async function modelsPage(main, query, ctx) {
   }
   const models = answer.models || [];
   const total = Number(answer.totalSize || 0);
-  const first = history.tokens.length * Number(f.pageSize);
+  const first = f.page * Number(f.pageSize);
   status.textContent = models.length
     ? `Models ${first + 1}–${first + models.length} of ${total}`
     : (total ? 'No more models.' : 'No model matches.');
@@ -162,13 +165,14 @@ export async function modelsPage(main, query, ctx) {
 
   prev.disabled = !f.pageToken;
   prev.addEventListener('click', () => {
-    const back = history.tokens.pop();
-    location.hash = hashOf({ ...f, pageToken: back || '' });
+    const back = f.page - 1;
+    const token = pages.tokens[back];
+    // A page reached without passing its predecessor (e.g. a pasted address): back to the first.
+    location.hash = token === undefined || back <= 0 ? hashOf({ ...f, pageToken: '', page: '' }) : hashOf({ ...f, pageToken: token, page: String(back) });
   });
   next.disabled = !answer.nextPageToken;
   next.addEventListener('click', () => {
-    history.tokens.push(f.pageToken);
-    location.hash = hashOf({ ...f, pageToken: answer.nextPageToken });
+    location.hash = hashOf({ ...f, pageToken: answer.nextPageToken, page: String(f.page + 1) });
   });
 
   // Aliases of the visible models, a few requests at a time.
