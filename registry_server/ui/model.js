@@ -90,6 +90,7 @@ export async function modelPage(main, name, query, ctx) {
   let extraVersions = [];
   let versionsToken = '';
   let historyAll = false;
+  let drawn = ''; // what the page shows, to skip a live refresh that would change nothing
 
   async function fetchAll() {
     const [model, versions, history] = await Promise.all([
@@ -115,6 +116,9 @@ export async function modelPage(main, name, query, ctx) {
       ctx.deferred(); // an edit form is open: refresh once it is closed
       return;
     }
+    const fingerprint = JSON.stringify(data);
+    if (live && fingerprint === drawn) return; // nothing changed: keep the page as it is
+    drawn = fingerprint;
     const { model, versions, history } = data;
     const all = [...(versions.modelVersions || []), ...extraVersions];
     versionsToken = extraVersions.length ? versionsToken : (versions.nextPageToken || '');
@@ -335,6 +339,7 @@ export async function comparePage(main, name, query, ctx) {
     h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, 'Models'), ' / ', h('a', { href: route('models', name) }, name), ' / '),
     h('h1', { tabindex: '-1' }, `Compare versions ${numbers.map((n) => `v${n}`).join(', ')}`));
   add(main, head);
+  let drawn = '';
   async function draw({ live = false } = {}) {
     let versions;
     try {
@@ -346,6 +351,9 @@ export async function comparePage(main, name, query, ctx) {
       ctx.painted();
       return;
     }
+    const fingerprint = JSON.stringify(versions);
+    if (live && fingerprint === drawn) return;
+    drawn = fingerprint;
     const rows = [];
     const section = (title, pick) => {
       const values = versions.map(pick);

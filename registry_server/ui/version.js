@@ -16,6 +16,7 @@ function treeCard(title, id, value) {
 }
 
 export async function versionPage(main, name, number, query, ctx) {
+  let drawn = '';
   async function draw({ live = false } = {}) {
     let v;
     try {
@@ -27,6 +28,9 @@ export async function versionPage(main, name, number, query, ctx) {
       ctx.painted();
       return;
     }
+    const fingerprint = JSON.stringify(v);
+    if (live && fingerprint === drawn) return; // nothing changed: keep the page as it is
+    drawn = fingerprint;
     const c = v.checkpoint || {};
     const files = Object.entries(c.resources || {}).sort((a, b) => a[0].localeCompare(b[0]));
     const fileOut = h('div', { class: 'form-out' });
