@@ -363,6 +363,27 @@ def test_hostile_strings_render_as_text(registry: Running, ci: Registry, page: P
     assert page.evaluate("window.__xss") is None
 
 
+MARKDOWN = (
+    "# Title\n\nSome *em* and **strong** and `code <b>`.\nnext line\n\n- one\n- two [x](https://e.com/a)\n\n"
+    "1. first\n2. second\n\n> quoted\n\n```\n<script>alert(1)</script>\n```\n\n---\n\n"
+    "https://example.org/path. and [bad](javascript:alert(1)) and [rel](/api/v1/models) and snake_case_name"
+)
+LINK = 'rel="noopener noreferrer nofollow" target="_blank"'
+RENDERED = (
+    "<h3>Title</h3><p>Some <em>em</em> and <strong>strong</strong> and <code>code &lt;b&gt;</code>.<br>next line</p>"
+    f'<ul><li>one</li><li>two <a href="https://e.com/a" {LINK}>x</a></li></ul><ol><li>first</li><li>second</li></ol>'
+    "<blockquote><p>quoted</p></blockquote><pre><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></pre><hr>"
+    f'<p><a href="https://example.org/path" {LINK}>https://example.org/path</a>. and [bad](javascript:alert(1)) and '
+    "[rel](/api/v1/models) and snake_case_name</p>"
+)
+
+
+def test_markdown_renderer_builds_nodes_and_links_only_to_the_web(registry: Running, page: Page) -> None:
+    page.goto(registry.base + "/")
+    rendered = page.evaluate("async (source) => (await import('/ui/markdown.js')).render(source).innerHTML", MARKDOWN)
+    assert rendered == RENDERED
+
+
 def test_pages_refresh_live_on_changes_made_over_grpc(registry: Running, ci: Registry, page: Page) -> None:
     model = ci.create_model("uilive")
     model.register_version(checkpoint={"experiment_id": 1})
