@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -420,6 +421,25 @@ def test_server_without_tokens_needs_no_sign_in(browser: Browser, tmp_path: Path
         page.fill("#edit-description-input", "edited without a token")
         page.click("text=Save")
         expect(page.locator("#model-description")).to_have_text("edited without a token")
+        context.close()
+    finally:
+        running.server.stop()
+
+
+def test_events_view_says_why_the_server_ended_the_stream(browser: Browser, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{EDITOR} ci editor\n{VIEWER} alice viewer\n")
+    tokens.chmod(0o600)
+    running = start(tmp_path, "--auth-tokens", str(tokens))
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        open_as(page, running, VIEWER, "#/events")
+        expect(page.locator("#events-state")).to_contain_text("Live")
+        tokens.write_text(f"{EDITOR} ci editor\n")  # alice's token revoked
+        running.server.process.send_signal(signal.SIGHUP)
+        expect(page.locator("main .error")).to_contain_text("TOKEN_REVOKED")
+        expect(page.locator("#events-state")).to_have_text("Disconnected.")
         context.close()
     finally:
         running.server.stop()

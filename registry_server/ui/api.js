@@ -163,6 +163,7 @@ export async function follow({ modelNames = [], kinds = [], afterSequence = 0, s
         wait = 500;
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = '';
+        let ended = null; // the server's reason for ending the stream (an `error` event), if it gave one
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
@@ -173,17 +174,27 @@ export async function follow({ modelNames = [], kinds = [], afterSequence = 0, s
             } catch (_) {
               return;
             }
-            const event = parsed.event || parsed;
+            if (message.event === 'error') {
+              ended = new ApiError(0, parsed);
+              return;
+            }
+            if (!parsed || !parsed.event) return;
+            const event = parsed.event;
             const sequence = Number(event.sequence || message.id || 0);
             if (sequence > last) last = sequence;
             if (onEvent) onEvent(event);
           });
         }
-        if (stopAtEnd) {
+        if (ended) {
+          // Token revoked, role taken away, a bad request: retrying would not help. Else resume.
+          state('error', ended);
+          if (['UNAUTHENTICATED', 'PERMISSION_DENIED', 'INVALID_ARGUMENT', 'NOT_FOUND'].includes(ended.code)) return last;
+        } else if (stopAtEnd) {
           state('ended');
           return last;
+        } else {
+          state('error', new ApiError(0, { code: 14, message: 'the event stream closed; resuming' }));
         }
-        state('error', new ApiError(0, { code: 14, message: 'the event stream closed; resuming' }));
       }
     } catch (error) {
       if (signal && signal.aborted) return last;

@@ -57,7 +57,7 @@ export async function eventsPage(main, query, ctx) {
     signal: ctx.signal,
     onState: (s, error) => {
       clear(out);
-      state.textContent = { connecting: 'Connecting…', live: 'Live: following new events.', ended: 'Ended.', error: 'Disconnected: retrying…' }[s] || s;
+      state.textContent = { connecting: 'Connecting…', live: 'Live: following new events.', ended: 'Ended.', error: 'Disconnected.' }[s] || s;
       if (error) add(out, refusal(error, 'Following events'));
     },
     onEvent: (event) => {
