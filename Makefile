@@ -7,7 +7,7 @@ ARGS ?=
 # protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: the environment's first.
 PROTOC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc
 
-.PHONY: install run test lint proto check-proto bench bench-files bench-overhead clean
+.PHONY: install run test lint proto check-proto bench bench-http bench-files bench-overhead clean
 
 # One install stamp per set of extras, so that each target installs only what it needs: `make run`
 # the package alone (what `pip install .` gives users), `make test` the test tools too, `make install`
@@ -26,7 +26,7 @@ $(VENV)/.installed-%: pyproject.toml
 
 install: $(VENV)/.installed-dev
 
-## run: serve on 127.0.0.1:50051 with the SQLite file registry.db (pass flags with ARGS="...")
+## run: serve gRPC on 127.0.0.1:50051 and HTTP (REST API, web UI) on 127.0.0.1:8080 with the SQLite file registry.db (pass flags with ARGS="...")
 run: $(VENV)/.installed-run
 	$(BIN)/model-registry-server $(ARGS)
 
@@ -34,13 +34,14 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 
-## proto: regenerate the Python stubs (and mypy .pyi) beside the .proto files
+## proto: regenerate the Python stubs (and mypy .pyi) beside the .proto files, and the HTTP API's OpenAPI document
 proto: $(VENV)/.installed-dev
 	$(PROTOC) -I protos --python_out=protos --mypy_out=protos protos/modelregistry/v1/*.proto
 	$(PROTOC) -I protos --grpc_python_out=protos --mypy_grpc_out=protos \
 		protos/modelregistry/v1/registry_service.proto
+	$(BIN)/python -m registry_server.openapi > protos/openapi.json
 
-## check-proto: fail when the committed stubs differ from what `make proto` generates
+## check-proto: fail when the committed stubs (or protos/openapi.json) differ from what `make proto` generates
 check-proto: proto
 	@test -z "$$(git status --porcelain -- protos)" || { git status --short -- protos; echo "stale stubs: run make proto and commit"; exit 1; }
 
@@ -54,6 +55,10 @@ lint: $(BUF)
 ## bench: throughput and latency beside a no-op gRPC baseline, scale, memory, start-up (README.md, Performance)
 bench: $(VENV)/.installed-run
 	$(BIN)/python -m bench $(ARGS)
+
+## bench-http: GetModel, GetModelVersion, CreateModelVersion over HTTP/JSON beside gRPC, 1 and 16 in flight (bench/http.py)
+bench-http: $(VENV)/.installed-run
+	$(BIN)/python -m bench.http $(ARGS)
 
 ## bench-files: checkpoint upload/download MB/s beside a plain file copy (bench/files.py)
 bench-files: $(VENV)/.installed-run

@@ -45,14 +45,14 @@ def copy_and_fsync(source: Path, target: Path) -> None:
 def start_server(workdir: Path, extra_args: list[str]) -> tuple[subprocess.Popen[str], str]:
     beside = Path(sys.executable).parent / "model-registry-server"  # this environment's, not another on PATH
     server = str(beside) if beside.exists() else shutil.which("model-registry-server") or "model-registry-server"
-    command = [server, "--port", "0", "--database-url", f"sqlite:///{workdir}/registry.db"]
+    command = [server, "--port", "0", "--no-http", "--database-url", f"sqlite:///{workdir}/registry.db"]
     if not any(arg.startswith("--storage") for arg in extra_args):
         command += ["--storage-dir", str(workdir / "files")]
     process = subprocess.Popen(command + extra_args, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     assert process.stderr is not None
     for line in process.stderr:
-        match = re.search(r"serving on ([\d.]+):(\d+)", line)
+        match = re.search(r"registry serving on ([\d.]+):(\d+)", line)
         if match:
             return process, f"{match.group(1)}:{match.group(2)}"
         if time.monotonic() > deadline:

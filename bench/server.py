@@ -33,10 +33,11 @@ class BenchServer:
     """One server process; `startup_s` is the time from exec to the first SERVING health answer."""
 
     def __init__(self, database_url: str, extra_args: list[str], log_path: Path, timeout: float = 60) -> None:
-        port = _free_port()
+        port, self.http_port = _free_port(), _free_port()
         self.target = f"127.0.0.1:{port}"
         self._log = open(log_path, "a")
-        command = [_console_script(), "--port", str(port), "--database-url", database_url, "--log-level", "WARNING"]
+        command = [_console_script(), "--port", str(port), "--http-port", str(self.http_port),
+                   "--database-url", database_url, "--log-level", "WARNING"]
         began = time.perf_counter()
         self.process = subprocess.Popen(command + extra_args, stdout=self._log, stderr=subprocess.STDOUT)
         self.startup_s = self._wait_serving(began, timeout)

@@ -69,7 +69,12 @@ class Ticket:
 
 def end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
     """Cancels a server call with a status, from any thread. grpcio's public ServicerContext.cancel()
-    ends it CANCELLED without a word; the call object underneath takes a code and details."""
+    ends it CANCELLED without a word; the call object underneath takes a code and details. (An HTTP
+    call's context, gateway.HttpContext, has an `end` of its own.)"""
+    end = getattr(context, "end", None)
+    if callable(end):
+        end(code, details)
+        return
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
     try:
         from grpc._cython import cygrpc  # type: ignore[attr-defined]

@@ -54,6 +54,14 @@ class Internal(RegistryError):
     """A fault of the server itself (a bug): logged in full, answered without its details."""
 
 
+class OutOfRange(RegistryError):
+    """A value is valid but outside what exists (e.g. an HTTP Range past the end of a file)."""
+
+
+class Unimplemented(RegistryError):
+    """The server does not do this (e.g. an HTTP method a route does not take)."""
+
+
 class DataLoss(RegistryError):
     """Stored data is missing or damaged (e.g. a checkpoint file gone from storage): retrying will not help."""
 

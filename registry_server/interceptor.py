@@ -75,8 +75,9 @@ PROTOCOL = "grpc"
 _AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
-def _outcome(context: grpc.ServicerContext, failed: bool) -> tuple[str, str]:
-    """The status code name and ErrorInfo reason a call ends with, as the servicer or the gate set them."""
+def outcome(context: grpc.ServicerContext, failed: bool) -> tuple[str, str]:
+    """The status code name and ErrorInfo reason a call ends with, as the servicer or the gate set them
+    (`context`: a grpc.ServicerContext or the HTTP gateway's)."""
     code = context.code()
     if code is None:
         name = "UNKNOWN" if failed else "OK" if context.is_active() else "CANCELLED"
@@ -87,7 +88,7 @@ def _outcome(context: grpc.ServicerContext, failed: bool) -> tuple[str, str]:
 
 def _ended(rpc: str, context: grpc.ServicerContext, failed: bool, timer: Any, span: Any) -> None:
     """Records the end of a call of the registry service: its metrics, its span's status."""
-    code, reason = _outcome(context, failed)
+    code, reason = outcome(context, failed)
     if timer is not None:
         timer.end(code, reason)
     if span is not None:
@@ -158,11 +159,21 @@ class RegistryInterceptor(grpc.ServerInterceptor):
             ticket = self.calls.admit(kind)
             return _tracked(handler, ticket) if ticket is not None else self._refuse(handler, _too_many(kind))
         rpc = method[len(self._prefix) :]
-        kind = STREAM_KINDS.get(rpc, budget.UNARY)
         metadata = dict(details.invocation_metadata or ())
+        try:
+            principal, ticket = self.admit(rpc, metadata.get("authorization"), PROTOCOL)
+        except errors.RegistryError as refusal:
+            return self._refuse(handler, refusal)
+        return self._registry_handler(handler, rpc, principal, ticket, metadata)
+
+    def admit(self, rpc: str, authorization: str | None, protocol: str) -> tuple[auth.Principal, budget.Ticket]:
+        """Admission of one call of the registry service, over gRPC or HTTP (`protocol`): the caller's
+        token, then a ticket of the call's kind (capacity). Raises the refusal, audited when the RPC is
+        a mutation and counted in the metrics."""
+        kind = STREAM_KINDS.get(rpc, budget.UNARY)
         principal = auth.ANONYMOUS
         try:
-            principal, credential = self._principal(metadata.get("authorization"))
+            principal, credential = self._principal(authorization)
             ticket = self.calls.admit(kind, principal.name if credential else "", credential, principal)
             if ticket is None:
                 raise _too_many(kind)
@@ -170,11 +181,11 @@ class RegistryInterceptor(grpc.ServerInterceptor):
             code = STATUS_CODES[type(refusal)].name
             if _is_mutation(rpc):
                 _audit(principal.name, rpc, "", code, refusal.reason)
-            metrics.refused(rpc, PROTOCOL, code, refusal.reason)
+            metrics.refused(rpc, protocol, code, refusal.reason)
             if code in _AUTH_CODES:
                 metrics.auth_refused(refusal.reason)
-            return self._refuse(handler, refusal)
-        return self._registry_handler(handler, rpc, principal, ticket, metadata)
+            raise
+        return principal, ticket
 
     def _registry_handler(
         self,
@@ -197,30 +208,13 @@ class RegistryInterceptor(grpc.ServerInterceptor):
         def admit(raw: bytes | None, context: grpc.ServicerContext) -> Any:
             """The parsed request (None for a client stream), if the role allows the call; aborts otherwise."""
             ticket.context = context
-            request = None
             try:
-                request = _parse(parse, raw) if raw is not None else None
-                auth.authorize(principal, rpc)
+                return gate(principal, rpc, lambda: _parse(parse, raw) if raw is not None else None)
             except errors.RegistryError as refusal:
-                if _is_mutation(rpc):
-                    outcome = STATUS_CODES[type(refusal)].name
-                    _audit(principal.name, rpc, _object(request, None), outcome, refusal.reason)
                 context.abort_with_status(rich_status(refusal))
-            return request
 
         def serve_as(call: Callable[[], Any], request: Any, context: grpc.ServicerContext) -> Any:
-            token = auth.set_current(principal)
-            response = None
-            try:
-                response = call()
-                return response
-            finally:
-                auth.reset_current(token)
-                if _is_mutation(rpc):
-                    code = context.code() or grpc.StatusCode.OK
-                    if isinstance(request, list):  # a client stream: its first message, if any came
-                        request = request[0] if request else None
-                    _audit(principal.name, rpc, _object(request, response), code.name, _reason(context))
+            return serve_call(principal, rpc, call, request, context)
 
         if handler.unary_unary is not None:
             serve = handler.unary_unary
@@ -309,6 +303,38 @@ class RegistryInterceptor(grpc.ServerInterceptor):
         if self.tokens is None:
             return auth.ANONYMOUS, None
         return self.tokens.authenticate(authorization)
+
+
+def gate(principal: auth.Principal, rpc: str, parse: Callable[[], Any]) -> Any:
+    """The request of an admitted call (`parse()`; None for a client stream), once the caller's role
+    allows the RPC. Raises the refusal, audited when the RPC is a mutation. gRPC and HTTP both pass here."""
+    request = None
+    try:
+        request = parse()
+        auth.authorize(principal, rpc)
+    except errors.RegistryError as refusal:
+        if _is_mutation(rpc):
+            _audit(principal.name, rpc, _object(request, None), STATUS_CODES[type(refusal)].name, refusal.reason)
+        raise
+    return request
+
+
+def serve_call(principal: auth.Principal, rpc: str, call: Callable[[], Any], request: Any, context: Any) -> Any:
+    """call() as the principal, then the audit line of a mutation with the status the call ended with
+    (read from `context`, a grpc.ServicerContext or the HTTP gateway's). `request` is a list for a
+    client stream: its first message, once one came."""
+    token = auth.set_current(principal)
+    response = None
+    try:
+        response = call()
+        return response
+    finally:
+        auth.reset_current(token)
+        if _is_mutation(rpc):
+            code = context.code() or grpc.StatusCode.OK
+            if isinstance(request, list):
+                request = request[0] if request else None
+            _audit(principal.name, rpc, _object(request, response), code.name, _reason(context))
 
 
 def _handler(make: Callable[..., Any], behavior: Any, serialize: Any, ticket: budget.Ticket, deserialize: Any = None) -> Any:

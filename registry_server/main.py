@@ -43,12 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="model-registry-server",
-        description="Serve the model registry over gRPC.",
+        description="Serve the model registry over gRPC and HTTP/JSON.",
         epilog="Backups: model-registry-server export --output FILE [...], model-registry-server import --input "
         "FILE [...] (see model-registry-server export --help).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default: %(default)s)")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("MODEL_REGISTRY_HTTP_PORT", "8080")),
+        help="port of the HTTP/JSON API, the OpenAPI document and the web UI, on the same --host; 0 picks a free "
+        "one (env MODEL_REGISTRY_HTTP_PORT; default: %(default)s)",
+    )
+    parser.add_argument("--no-http", action="store_true", help="serve gRPC only, no HTTP port")
     parser.add_argument(
         "--database-url",
         default=env("MODEL_REGISTRY_DATABASE_URL", database.DEFAULT_DATABASE_URL),
@@ -301,7 +309,13 @@ def _start_error(error: Exception, database_url: str) -> str:
 
 
 def _serve(
-    args: argparse.Namespace, port: int, *, reuse_port: bool, worker: str = "", probe: tuple[str, int] | None = None
+    args: argparse.Namespace,
+    port: int,
+    *,
+    reuse_port: bool,
+    worker: str = "",
+    probe: tuple[str, int] | None = None,
+    http_port: int | None = None,
 ) -> int:
     """Runs one server process until SIGTERM or SIGINT, then drains it and exits 0. A worker
     (`probe`: a private address and the pipe to its parent) also listens on that address and proves
@@ -332,6 +346,7 @@ def _serve(
             private_address=probe[0] if probe else None,
             max_upload_bytes=args.max_upload_bytes,
             with_metrics=not args.no_metrics,
+            http_port=None if args.no_http else (args.http_port if http_port is None else http_port),
         )
     except (OSError, ValueError, pw.PeeweeException) as error:
         log.error("cannot start%s: %s", worker, _start_error(error, args.database_url))
@@ -340,6 +355,8 @@ def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: running.reload_tokens())
+    if running.http_port is not None:  # before the gRPC line: whoever waits for that one finds both ports
+        log.info("http serving on %s:%d%s (%s)", args.host, running.http_port, worker, "HTTPS" if args.tls_cert else "HTTP")
     log.info(
         "model registry serving on %s:%d%s (database %s, files %s, %s, %s)",
         args.host,
@@ -418,6 +435,18 @@ def _serve_workers(args: argparse.Namespace) -> int:
         log.error("cannot start: cannot bind %s:%d: %s", args.host, args.port, error)
         return 1
     port = holder.getsockname()[1]
+    http_holder = None
+    if not args.no_http:  # the HTTP port too, held the same way
+        http_holder = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+        http_holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            http_holder.bind((args.host, args.http_port))
+        except OSError as error:
+            log.error("cannot start: cannot bind HTTP %s:%d: %s", args.host, args.http_port, error)
+            holder.close()
+            http_holder.close()
+            return 1
+    http_port = http_holder.getsockname()[1] if http_holder is not None else None
     private = tempfile.mkdtemp(prefix="model-registry-workers-")  # mode 0700: the workers' probe sockets
     if not args.no_metrics:  # the workers' metric files, summed by any scrape (prometheus_client multiprocess)
         os.mkdir(os.path.join(private, "metrics"), 0o700)
@@ -425,6 +454,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
     exporter = _serve_metrics(args)
     if exporter is False:
         holder.close()
+        if http_holder is not None:
+            http_holder.close()
         shutil.rmtree(private, ignore_errors=True)
         return 1
 
@@ -445,6 +476,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
             holder.close()
             if exporter is not None:
                 exporter.socket.close()  # type: ignore[attr-defined]  # the parent's alone
+            if http_holder is not None:
+                http_holder.close()
             code = 1
             try:
                 code = _serve(
@@ -453,6 +486,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
                     reuse_port=True,
                     worker=f" (worker {index + 1}/{args.workers}, pid {os.getpid()})",
                     probe=(f"unix:{private}/worker-{os.getpid()}.sock", beat_w),
+                    http_port=http_port,
                 )
             finally:
                 os._exit(code)
@@ -475,6 +509,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
     for index in range(args.workers):
         start(index)
     holder.close()
+    if http_holder is not None:
+        http_holder.close()
     failed = False
     pending: list[tuple[float, int]] = []  # (when, index) of workers to start again after a backoff
     stop_deadline: float | None = None

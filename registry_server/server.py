@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import peewee as pw
@@ -58,8 +59,11 @@ class RegistryServer:
         servicer: ModelRegistryServicer,
         calls: budget.CallBudget,
         tokens: auth.TokenFile | None = None,
+        http: Any = None,
     ):
         self.server = server
+        self.http = http  # gateway.HttpServer, or None with --no-http
+        self.http_port = http.port if http is not None else None
         self.tokens = tokens
         self.port = port
         self.health = health_servicer
@@ -136,7 +140,12 @@ class RegistryServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.servicer.store.events.stop()
+        if self.http is not None:  # stops listening at once; its calls finish beside gRPC's
+            self.http.server.should_exit = True
+            self.http.server.config.timeout_graceful_shutdown = grace or 0  # None: cut at once, as gRPC does
         self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
+        if self.http is not None:
+            self.http.stop(grace)
         self.calls.shutdown()
         database.close_pool(self.db)
 
@@ -182,6 +191,7 @@ def build_server(
     private_address: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     with_metrics: bool = True,
+    http_port: int | None = None,
 ) -> RegistryServer:
     """Opens and migrates the database, then starts a server on host:port (0 picks a free port).
     Checkpoint files go to `storage`, by default a directory beside the SQLite file (see open_storage).
@@ -198,7 +208,9 @@ def build_server(
     is served unless `allow_unauthenticated`; ValueError says so. `private_address` (e.g.
     unix:/path) is served as well, in plaintext: a worker's parent probes its health there.
     `with_metrics` turns this process's metrics on (metrics.py; they stay on for the process).
-    Health is NOT_SERVING until the database is migrated and has answered."""
+    Health is NOT_SERVING until the database is migrated and has answered.
+    With `http_port` (0 picks a free one), the HTTP/JSON gateway (gateway.py) serves the same service
+    on that port of `host`, through the same gate, with the same TLS certificate."""
     if with_metrics:
         metrics.configure()
     auth.check_exposure(host, auth_tokens is not None, allow_unauthenticated)
@@ -225,9 +237,10 @@ def build_server(
     )
     # No maximum_concurrent_rpcs: the interceptor admits calls (with an ErrorInfo reason when it
     # refuses), and a refusal by gRPC after admission would never release the call's ticket.
+    interceptor = RegistryInterceptor(SERVICE_NAME, tokens, calls)
     server = grpc.server(
         calls.pools[budget.UNARY],
-        interceptors=[RegistryInterceptor(SERVICE_NAME, tokens, calls)],
+        interceptors=[interceptor],
         options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", max_request_bytes)],
     )
     servicer = ModelRegistryServicer(
@@ -251,9 +264,22 @@ def build_server(
         calls.shutdown()
         database.close_pool(db)
         raise OSError(f"cannot bind {host}:{port}")
-    running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens)
+    http = None
+    if http_port is not None:
+        from . import gateway, openapi  # imported only when serving HTTP
+
+        app = gateway.Gateway(servicer, interceptor, max_request_bytes=max_request_bytes, openapi=openapi.render())
+        try:
+            http = gateway.HttpServer(app, host, http_port, reuse_port=reuse_port, tls=tls)
+        except OSError:
+            calls.shutdown()
+            database.close_pool(db)
+            raise
+    running = RegistryServer(server, bound, health_servicer, db, servicer, calls, tokens, http)
     running.sweep_storage(collect=False)  # blobs are listed by the periodic sweeps only: a start stays quick
     server.start()
+    if http is not None:
+        http.start()
     running.set_serving(database.ping(db))
     running._watcher.start()
     if not database.is_sqlite(db):

@@ -346,20 +346,27 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     # Events
 
+    @staticmethod
+    def watch_filters(request: pb.WatchEventsRequest) -> tuple[list[str], list[int]]:
+        """The model names and event kinds a watch follows; raises the refusal of a request that is
+        not valid (the HTTP gateway asks before it answers with a stream)."""
+        validation.check_request(request)
+        kind_numbers = event_pb2.EventKind.values()[1:]
+        kinds = [_enum(kind, kind_numbers, "kinds") for kind in dict.fromkeys(request.kinds)]
+        names = list(dict.fromkeys(request.model_names))
+        for name in names:
+            validation.text(name, "model_names", validation.MAX_NAME_LENGTH)
+        if request.after_sequence < 0:
+            raise invalid("INVALID_SEQUENCE", "after_sequence must not be negative", after_sequence=request.after_sequence)
+        return names, kinds
+
     def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchEventsResponse]:
         """Stored events after after_sequence, then new ones, until the client cancels or the server
         stops (events.EventLog.follow)."""
-        kind_numbers = event_pb2.EventKind.values()[1:]
         try:
-            validation.check_request(request)
-            kinds = [_enum(kind, kind_numbers, "kinds") for kind in dict.fromkeys(request.kinds)]
-            names = list(dict.fromkeys(request.model_names))
-            for name in names:
-                validation.text(name, "model_names", validation.MAX_NAME_LENGTH)
-            if request.after_sequence < 0:
-                raise invalid("INVALID_SEQUENCE", "after_sequence must not be negative", after_sequence=request.after_sequence)
+            names, kinds = self.watch_filters(request)
         except errors.RegistryError as error:
             status.abort(context, error)
             return
@@ -410,8 +417,11 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def DownloadCheckpointFiles(
         self, request: pb.DownloadCheckpointFilesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadCheckpointFilesResponse]:
+        if request.path and request.paths:
+            raise invalid("PATH_WITH_PATHS", "give either path (one file) or paths, not both")
+        paths = [request.path] if request.path else list(dict.fromkeys(request.paths))
         with self.store.db.connection_context():
-            uuid, headers = self.files.stored_files(request.checkpoint_uuid, list(dict.fromkeys(request.paths)))
+            uuid, headers = self.files.stored_files(request.checkpoint_uuid, paths)
         for header in headers:
             yield pb.DownloadCheckpointFilesResponse(
                 file=checkpoint_pb2.CheckpointFile(path=header.path, size=header.size, sha256=header.sha256)

@@ -34,6 +34,8 @@ STATUS_CODES: dict[type[errors.RegistryError], grpc.StatusCode] = {
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 def database_error(error: pw.PeeweeException) -> errors.RegistryError:
     """What a database failure means to the caller. Only faults of the database itself (unreachable,

@@ -18,6 +18,9 @@ from registry_server.storage import LocalStorage
 from registry_server.store import RegistryStore
 
 POSTGRES_URL = os.environ.get("MODEL_REGISTRY_TEST_POSTGRES_URL", "")
+# Server processes started by tests serve HTTP on a free port, never on the default 8080 that another
+# run (or `make run`) may hold.
+os.environ.setdefault("MODEL_REGISTRY_HTTP_PORT", "0")
 
 
 def pytest_report_header() -> str:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-SERVING = re.compile(r"(?<!metrics )serving on ([\d.]+):(\d+)")
+SERVING = re.compile(r"registry serving on ([\d.]+):(\d+)")
+HTTP_SERVING = re.compile(r"http serving on ([\d.]+):(\d+)")
 
 
 def console_script(name: str) -> str:
@@ -37,6 +38,7 @@ class ServerProcess:
             command += ["--workers", str(workers)]
         self.process = subprocess.Popen(command + list(args), stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
+        self.http_target: str | None = None  # host:port of the HTTP API, logged before the gRPC line
         self._serving = threading.Semaphore(0)
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -49,6 +51,9 @@ class ServerProcess:
     def _drain(self) -> None:
         for line in self.process.stderr:
             self.lines.append(line)
+            http = HTTP_SERVING.search(line)
+            if http:
+                self.http_target = f"{http.group(1)}:{http.group(2)}"
             match = SERVING.search(line)
             if match:
                 self._target = f"{match.group(1)}:{match.group(2)}"

@@ -15,7 +15,7 @@ SERVER = Path(__file__).resolve().parent.parent / "registry_server"
 # The domain errors and the helpers that make them: their first argument is the ErrorInfo reason.
 ERROR_CONSTRUCTORS = {
     "NotFound", "AlreadyExists", "InvalidArgument", "FailedPrecondition", "Unauthenticated", "PermissionDenied",
-    "ResourceExhausted", "Unavailable", "Aborted", "DataLoss", "Internal", "invalid",
+    "ResourceExhausted", "Unavailable", "Aborted", "DataLoss", "Internal", "invalid", "OutOfRange", "Unimplemented",
 }
 # Reasons the server names in the message of a stream it cancels (no ErrorInfo can travel then).
 CANCELLATION_REASONS = {"STREAM_IDLE", "TOKEN_REVOKED"}

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -330,3 +331,31 @@ def test_the_overhead_bench_reports_every_variant(capsys: pytest.CaptureFixture[
     for name, _, _ in overhead.VARIANTS:
         assert f"| {name} |" in printed
     assert "- metrics:" in printed and "- tracing (one span):" in printed
+
+
+def test_the_http_port_serves_metrics_and_counts_http_calls(tmp_path: Path, tokens_file: str) -> None:
+    """/metrics on the HTTP port (issue 17): one scrape of the whole server, behind a token when the
+    server has a token file; calls made over HTTP are counted with protocol="http", refusals with
+    their reason."""
+    with ServerProcess(f"sqlite:///{tmp_path}/r.db", "--auth-tokens", tokens_file, "--http-port", "0") as server:
+        base = f"http://{server.http_target}"
+        token = TOKENS["alice"][0]
+
+        def get(path: str, bearer: str | None) -> tuple[int, bytes]:
+            request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return reply.status, reply.read()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()
+
+        assert get("/metrics", None)[0] == 401
+        assert get("/api/v1/models/absent", token)[0] == 404
+        assert get("/api/v1/models", None)[0] == 401
+        status, body = get("/metrics", token)
+        assert status == 200
+        found = samples(body.decode())
+        labels = {"method": "GetModel", "protocol": "http", "code": "NOT_FOUND", "reason": "MODEL_NOT_FOUND"}
+        assert value(found, "model_registry_requests_total", **labels) == 1
+        assert value(found, "model_registry_auth_refusals_total", reason="MISSING_TOKEN") >= 1
+        assert server.stop() == 0

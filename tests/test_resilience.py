@@ -306,14 +306,14 @@ def worker_pids(server: ServerProcess) -> dict[int, int]:
     """{worker number: pid} of the latest start of each worker, from the log."""
     pids = {}
     for line in list(server.lines):
-        match = re.search(r"serving on .*\(worker (\d+)/\d+, pid (\d+)\)", line)
+        match = re.search(r"registry serving on .*\(worker (\d+)/\d+, pid (\d+)\)", line)
         if match:
             pids[int(match.group(1))] = int(match.group(2))
     return pids
 
 
 def serving_lines(server: ServerProcess) -> int:
-    return sum("serving on" in line for line in list(server.lines))
+    return sum("registry serving on" in line for line in list(server.lines))
 
 
 def test_workers_are_restarted_after_early_crashes_and_hangs(tmp_path: Path) -> None:

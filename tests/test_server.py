@@ -120,7 +120,7 @@ def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         timer.start()
         for line in server.stderr:
             lines.append(line)
-            match = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"registry serving on 127\.0\.0\.1:(\d+)", line)
             if match:
                 break
         timer.cancel()

@@ -200,6 +200,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAUTHENTICATED (in the message, not an ErrorInfo: the server cancels the stream): its token
     was revoked.
     """
+    ERROR_REASON_PATH_WITH_PATHS: _ErrorReason.ValueType  # 85
+    """INVALID_ARGUMENT: a download names both path and paths."""
+    ERROR_REASON_REQUEST_TOO_LARGE: _ErrorReason.ValueType  # 86
+    """RESOURCE_EXHAUSTED (HTTP 413): the HTTP request body is larger than the server takes
+    (--max-request-bytes).
+    """
+    ERROR_REASON_ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 87
+    """NOT_FOUND (HTTP 404): no route of the HTTP API has this path."""
+    ERROR_REASON_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 88
+    """UNIMPLEMENTED (HTTP 405): the HTTP API has this path, but not with this method."""
+    ERROR_REASON_RANGE_NOT_SATISFIABLE: _ErrorReason.ValueType  # 89
+    """OUT_OF_RANGE (HTTP 416): the Range header of a file download names no byte of the file."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the catalogue of every reason the registry puts in the google.rpc.ErrorInfo of a
@@ -387,4 +399,16 @@ ERROR_REASON_TOKEN_REVOKED: ErrorReason.ValueType  # 84
 """UNAUTHENTICATED (in the message, not an ErrorInfo: the server cancels the stream): its token
 was revoked.
 """
+ERROR_REASON_PATH_WITH_PATHS: ErrorReason.ValueType  # 85
+"""INVALID_ARGUMENT: a download names both path and paths."""
+ERROR_REASON_REQUEST_TOO_LARGE: ErrorReason.ValueType  # 86
+"""RESOURCE_EXHAUSTED (HTTP 413): the HTTP request body is larger than the server takes
+(--max-request-bytes).
+"""
+ERROR_REASON_ROUTE_NOT_FOUND: ErrorReason.ValueType  # 87
+"""NOT_FOUND (HTTP 404): no route of the HTTP API has this path."""
+ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 88
+"""UNIMPLEMENTED (HTTP 405): the HTTP API has this path, but not with this method."""
+ERROR_REASON_RANGE_NOT_SATISFIABLE: ErrorReason.ValueType  # 89
+"""OUT_OF_RANGE (HTTP 416): the Range header of a file download names no byte of the file."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

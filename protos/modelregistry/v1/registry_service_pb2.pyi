@@ -1425,8 +1425,13 @@ class DownloadCheckpointFilesRequest(_message.Message):
 
     CHECKPOINT_UUID_FIELD_NUMBER: _builtins.int
     PATHS_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
     checkpoint_uuid: _builtins.str
     """Uuid of the checkpoint."""
+    path: _builtins.str
+    """One file to send, instead of paths (giving both is INVALID_ARGUMENT, PATH_WITH_PATHS). Over HTTP,
+    GET /api/v1/checkpoints/{checkpoint_uuid}/files/{path} answers the file's raw bytes.
+    """
     @_builtins.property
     def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Paths of the files to send, in this order; every stored file, by path, when empty."""
@@ -1436,10 +1441,11 @@ class DownloadCheckpointFilesRequest(_message.Message):
         *,
         checkpoint_uuid: _builtins.str = ...,
         paths: _abc.Iterable[_builtins.str] | None = ...,
+        path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_uuid", b"checkpoint_uuid", "paths", b"paths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_uuid", b"checkpoint_uuid", "path", b"path", "paths", b"paths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
