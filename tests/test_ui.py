@@ -18,6 +18,8 @@ from tests.servers import ServerProcess
 
 CHROMIUM = os.environ.get("MODEL_REGISTRY_TEST_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):  # CI installs it (.ci/run): a missing browser there is a failure, not a skip
+        raise RuntimeError(f"no Chromium at {CHROMIUM} in CI")
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
