@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import grpc
 
@@ -183,7 +183,7 @@ class CallBudget:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def track_responses(ticket: Ticket, responses: Iterator[Any]) -> Iterator[Any]:
+def track_responses(ticket: Ticket, responses: Iterator[Any]) -> Generator[Any, None, None]:
     """The responses of a stream; while one is being sent (between yield and the next request for
     one), the stream waits on its client."""
     for response in responses:

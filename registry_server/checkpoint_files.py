@@ -13,6 +13,8 @@ import peewee as pw
 from modelregistry.v1 import checkpoint_pb2, event_pb2
 
 from . import validation
+from .prepared import tuples
+from .rows import CheckpointRow
 from .errors import Aborted, FailedPrecondition, NotFound, checkpoint_not_found, invalid
 from .store import RegistryStore, _checkpoint_uuid, _refuse_in_use
 from .tables import BlobHold, Checkpoint, CheckpointFile, now_us
@@ -68,9 +70,9 @@ class CheckpointFileStore:
         self._must_own(checkpoint)
         _refuse_in_use(checkpoint)
         query = CheckpointFile.select(CheckpointFile.path, CheckpointFile.size).where(CheckpointFile.checkpoint == checkpoint.id)
-        return checkpoint.uuid, dict(query.tuples())
+        return checkpoint.uuid, dict(tuples(query))
 
-    def _must_own(self, checkpoint: Checkpoint) -> None:
+    def _must_own(self, checkpoint: Checkpoint | CheckpointRow) -> None:
         """A checkpoint's files are uploaded by its owner or an admin."""
         self.store.must_own(f"upload files to checkpoint {checkpoint.uuid!r}", checkpoint, checkpoint_uuid=checkpoint.uuid)
 
@@ -133,9 +135,10 @@ class CheckpointFileStore:
                 )
             stored = {
                 path: (size, digest)
-                for path, size, digest in CheckpointFile.select(CheckpointFile.path, CheckpointFile.size, CheckpointFile.sha256)
-                .where(CheckpointFile.checkpoint == checkpoint.id)
-                .tuples()
+                for path, size, digest in tuples(
+                    CheckpointFile.select(CheckpointFile.path, CheckpointFile.size, CheckpointFile.sha256)
+                    .where(CheckpointFile.checkpoint == checkpoint.id)
+                )
             }
             conflict = path_conflict(stored, files)
             if conflict is not None:
@@ -164,13 +167,11 @@ class CheckpointFileStore:
         paths = list(dict.fromkeys(paths))
         for path in paths:
             validation.file_path(path, portable=False)
-        rows = (
+        rows = tuples(
             Checkpoint.select(CheckpointFile.path, CheckpointFile.size, CheckpointFile.sha256)
             .join(CheckpointFile, pw.JOIN.LEFT_OUTER, on=(CheckpointFile.checkpoint == Checkpoint.id))
             .where(Checkpoint.uuid == uuid)
-            .tuples()
         )
-        rows = list(rows)
         if not rows:
             raise checkpoint_not_found(uuid)
         stored = {path: (path, size, digest) for path, size, digest in rows if path is not None}
@@ -199,14 +200,14 @@ class CheckpointFileStore:
             .where(Checkpoint.uuid == uuid)
             .order_by(CheckpointFile.path)
         )
-        return list(query.tuples())
+        return tuples(query)
 
     def referenced(self, digests: Iterable[str]) -> set[str]:
         """Which of these blobs a stored file or an upload's hold refers to, now."""
         found: set[str] = set()
         for batch in _batches(digests):
             for table in (CheckpointFile, BlobHold):
-                found.update(d for (d,) in table.select(table.sha256).where(table.sha256.in_(batch)).distinct().tuples())
+                found.update(row[0] for row in tuples(table.select(table.sha256).where(table.sha256.in_(batch)).distinct()))
         return found
 
     def move_storage_uri(self, uuid: str, old: str, new: str) -> None:

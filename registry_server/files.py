@@ -180,8 +180,15 @@ class Upload:
         self._held = False
         return checkpoint
 
+    def __enter__(self) -> "Upload":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
     def discard(self) -> None:
-        """Removes the temporary files (all of them, if the upload failed), and drops its holds."""
+        """Removes the temporary files (all of them, if the upload failed), and drops its holds.
+        Always called at the end of an upload (`with begin_upload(...) as upload:` does it)."""
         if self._counted:
             self._counted = False
             metrics.upload_ended()

@@ -555,8 +555,10 @@ class Gateway:
             if range_header and headers.get("if-range", etag) == etag:
                 wanted = _byte_range(range_header, size)
                 if wanted is None:
-                    error = errors.OutOfRange("RANGE_NOT_SATISFIABLE", f"the range {range_header[:64]!r} names no byte of this {size}-byte file", size=size)
-                    return pipe.put(Response.error(error, [(b"content-range", f"bytes */{size}".encode())]))
+                    unsatisfiable = errors.OutOfRange(
+                        "RANGE_NOT_SATISFIABLE", f"the range {range_header[:64]!r} names no byte of this {size}-byte file", size=size
+                    )
+                    return pipe.put(Response.error(unsatisfiable, [(b"content-range", f"bytes */{size}".encode())]))
                 first, last = wanted
                 status = 206
                 common.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
@@ -837,7 +839,7 @@ class HttpServer:
     def stop(self, grace: float | None) -> None:
         """Stops listening, closes idle connections, waits up to `grace` seconds for calls in flight,
         then cuts the rest."""
-        self.server.config.timeout_graceful_shutdown = grace or 0
+        self.server.config.timeout_graceful_shutdown = grace or 0  # type: ignore[assignment]  # uvicorn takes seconds as a float
         self.server.should_exit = True
         self.thread.join((grace or 0) + 5)
         self.socket.close()

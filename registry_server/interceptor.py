@@ -75,7 +75,7 @@ PROTOCOL = "grpc"
 _AUTH_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
-def outcome(context: grpc.ServicerContext, failed: bool) -> tuple[str, str]:
+def outcome(context: Any, failed: bool) -> tuple[str, str]:
     """The status code name and ErrorInfo reason a call ends with, as the servicer or the gate set them
     (`context`: a grpc.ServicerContext or the HTTP gateway's)."""
     code = context.code()
@@ -161,7 +161,8 @@ class RegistryInterceptor(grpc.ServerInterceptor):
         rpc = method[len(self._prefix) :]
         metadata = dict(details.invocation_metadata or ())
         try:
-            principal, ticket = self.admit(rpc, metadata.get("authorization"), PROTOCOL)
+            authorization = metadata.get("authorization")
+            principal, ticket = self.admit(rpc, authorization if isinstance(authorization, str) else None, PROTOCOL)
         except errors.RegistryError as refusal:
             return self._refuse(handler, refusal)
         return self._registry_handler(handler, rpc, principal, ticket, metadata)
@@ -197,7 +198,7 @@ class RegistryInterceptor(grpc.ServerInterceptor):
     ) -> Any:
         parse, serialize = handler.request_deserializer, handler.response_serializer
         sent = metrics.response_counter(rpc, PROTOCOL)
-        if sent is not None:
+        if sent is not None and serialize is not None:
             serialize = _counting(serialize, sent)
         service = self._prefix[1:-1]
 
@@ -349,6 +350,7 @@ def _tracked(handler: grpc.RpcMethodHandler, ticket: budget.Ticket) -> Any:
     """A handler of another service (health, reflection) as it is, on its kind's pool, with the idle
     waits of its streams tracked."""
     deserialize, serialize = handler.request_deserializer, handler.response_serializer
+    behavior: Callable[..., Any]
     if handler.unary_unary is not None:
         inner_unary = handler.unary_unary
 
@@ -374,6 +376,7 @@ def _tracked(handler: grpc.RpcMethodHandler, ticket: budget.Ticket) -> Any:
         behavior, make = stream_stream, grpc.stream_stream_rpc_method_handler
     else:
         inner_upload = handler.stream_unary
+        assert inner_upload is not None, "a handler has one of the four shapes"
 
         def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             ticket.context = context
@@ -383,8 +386,10 @@ def _tracked(handler: grpc.RpcMethodHandler, ticket: budget.Ticket) -> Any:
     return _handler(make, behavior, serialize, ticket, deserialize)
 
 
-def _parse(parse: Callable[[bytes], Any], raw: bytes) -> Any:
+def _parse(parse: Callable[[bytes], Any] | None, raw: bytes) -> Any:
     """grpc would answer INTERNAL to bytes that are not the request message; they are the caller's error."""
+    if parse is None:  # a handler without a deserializer takes the bytes as they are
+        return raw
     try:
         return parse(raw)
     except DecodeError as error:

@@ -17,7 +17,7 @@ from modelregistry.v1 import registry_service_pb2
 from . import contract, transcode
 
 _F = FieldDescriptor
-_SCALARS = {
+_SCALARS: dict[int, dict[str, Any]] = {
     _F.TYPE_STRING: {"type": "string"},
     _F.TYPE_BOOL: {"type": "boolean"},
     _F.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
@@ -35,7 +35,7 @@ _SCALARS = {
     _F.TYPE_UINT64: {"type": ["string", "integer"], "format": "int64"},
     _F.TYPE_FIXED64: {"type": ["string", "integer"], "format": "int64"},
 }
-_WELL_KNOWN = {
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
     "google.protobuf.Value": {},
     "google.protobuf.ListValue": {"type": "array", "items": {}},
@@ -62,7 +62,7 @@ def comments() -> dict[str, str]:
     found: dict[str, str] = {}
     directory = Path(registry_service_pb2.__file__).parent
     for file in sorted(directory.glob("*.proto")):
-        package, stack, pending = "", [], []
+        package, stack, pending = "", list[str](), list[str]()
         for raw in file.read_text().splitlines():
             line = raw.strip()
             if line.startswith("//"):
@@ -123,7 +123,7 @@ class _Schemas:
             self.schemas[descriptor.full_name] = {"type": "string", "enum": values, "description": description.strip()}
         return self.ref(descriptor.full_name)
 
-    def value(self, field: FieldDescriptor) -> dict[str, Any]:
+    def value(self, field: Any) -> dict[str, Any]:  # a FieldDescriptor, pure Python or upb
         if field.message_type is not None:
             return self.message(field.message_type)
         if field.enum_type is not None:

@@ -14,6 +14,11 @@ from typing import Any, Callable
 import peewee as pw
 
 
+def tuples(query: Any) -> list[tuple[Any, ...]]:
+    """The rows of a peewee query as tuples (peewee's own `.tuples()`, typed as such)."""
+    return list(query.tuples())
+
+
 class Param:
     """A placeholder in a prepared query, filled by name (and converted for the driver) when it runs."""
 

@@ -392,7 +392,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             raise invalid("CHECKPOINT_UUID_REQUIRED", "the first message of an upload names the checkpoint_uuid")
         with self.store.db.connection_context():
             upload = self.files.begin_upload(first.checkpoint_uuid)
-        try:
+        with upload:  # discards what was not published, also when the client went away mid-stream
             for message in requests:
                 content = message.WhichOneof("content")
                 if content == "file":
@@ -409,8 +409,6 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
                 raise errors.Aborted("UPLOAD_CANCELLED", "the upload was cancelled")
             with self.store.db.connection_context():
                 row = upload.commit()
-        finally:
-            upload.discard()  # what was not published, also when the client went away mid-stream
         return pb.UploadCheckpointFilesResponse(checkpoint=convert.checkpoint(row))
 
     @_transfer

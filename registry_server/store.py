@@ -193,7 +193,7 @@ class RegistryStore:
                 model_name=model.name,
             )
 
-    def must_own(self, what: str, *rows: Model | ModelVersion | Checkpoint, **names: object) -> None:
+    def must_own(self, what: str, *rows: Model | ModelRow | ModelVersion | Checkpoint | CheckpointRow, **names: object) -> None:
         """Deleting, renaming, archiving, naming editors, uploading files: for an owner of one of
         `rows` (e.g. a version or its model), or an admin."""
         actor = self.tx.actor()
@@ -885,7 +885,7 @@ def _checkpoint_uuid(value: str) -> str:
         raise invalid("INVALID_UUID", "checkpoint uuid must be a UUID", checkpoint_uuid=str(value)[:64])
 
 
-def _refuse_in_use(checkpoint: Checkpoint) -> None:
+def _refuse_in_use(checkpoint: Checkpoint | CheckpointRow) -> None:
     user = (
         ModelVersion.select(ModelVersion.version, Model.name)
         .join(Model)

@@ -123,7 +123,7 @@ def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]
     tracer = _tracer
     if tracer is None:
         return _OFF
-    return tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
+    return tracer.start_as_current_span(name, attributes=attributes)
 
 
 def current_ids() -> tuple[str, str] | None:

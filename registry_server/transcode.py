@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2, http_pb2  # type: ignore[attr-defined]  # googleapis-common-protos ships no stubs for these
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+
+# A message descriptor as the generated code hands it out: pure Python or upb (the C one), same interface.
+AnyDescriptor = Any
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -105,7 +108,7 @@ def routes(service: ServiceDescriptor) -> list[Route]:
     return sorted(found, key=lambda r: ":" not in r.template.rsplit("/", 1)[-1])
 
 
-def _json_name(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+def _json_name(descriptor: AnyDescriptor, name: str) -> FieldDescriptor | None:
     """A field by its proto name or its JSON (camelCase) name."""
     found = descriptor.fields_by_name.get(name)
     if found is None:
@@ -122,7 +125,7 @@ def _query_value(field_: FieldDescriptor, value: str) -> Any:
         if lowered in ("false", "0"):
             return False
         raise invalid("MALFORMED_REQUEST", f"{field_.json_name} takes true or false, not {value[:64]!r}", field=field_.name)
-    if field_.type == FieldDescriptor.TYPE_MESSAGE and field_.message_type.full_name in (
+    if field_.message_type is not None and field_.message_type.full_name in (
         "google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"
     ):
         try:
@@ -132,7 +135,7 @@ def _query_value(field_: FieldDescriptor, value: str) -> Any:
     return value
 
 
-def _set(tree: dict[str, Any], descriptor: Descriptor, path: str, values: list[str], source: str) -> None:
+def _set(tree: dict[str, Any], descriptor: AnyDescriptor, path: str, values: list[str], source: str) -> None:
     """Places the values of a dotted field path into `tree`, the request as a JSON object."""
     parts = path.split(".")
     for part in parts[:-1]:
@@ -213,7 +216,7 @@ def request(route: Route, bound: dict[str, str], params: dict[str, list[str]], b
     return message
 
 
-def _drop(tree: dict[str, Any], descriptor: Descriptor, path: str) -> None:
+def _drop(tree: dict[str, Any], descriptor: AnyDescriptor, path: str) -> None:
     """Removes a path-bound field from the body: the path wins."""
     parts = path.split(".")
     for part in parts[:-1]:

@@ -43,11 +43,11 @@ def sha(data: bytes) -> str:
 
 
 def upload(store: RegistryStore, storage: LocalStorage, uuid: str, files: dict[str, bytes]) -> None:
-    upload = CheckpointFiles(store, storage).begin_upload(uuid)
-    for path, data in files.items():
-        upload.start_file(path, len(data), sha(data))
-        upload.write(data)
-    upload.commit()
+    with CheckpointFiles(store, storage).begin_upload(uuid) as upload:
+        for path, data in files.items():
+            upload.start_file(path, len(data), sha(data))
+            upload.write(data)
+        upload.commit()
 
 
 def fill(store: RegistryStore, storage: LocalStorage | None = None) -> None:
