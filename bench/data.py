@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import peewee as pw
+from modelregistry.v1.checkpoint_pb2 import CHECKPOINT_STATE_COMPLETED as STATE_COMPLETED
 
 from registry_server import db as database
+from registry_server.tables import Checkpoint, Model, ModelAlias, ModelVersion, now_us
 from registry_server.validation import name_key
-from modelregistry.v1.checkpoint_pb2 import CHECKPOINT_STATE_COMPLETED as STATE_COMPLETED
-from registry_server.tables import now_us
-from registry_server.tables import Checkpoint, Model, ModelAlias, ModelVersion
 
 CHUNK = 2000
 FILTER_MATCHES = 20  # models named "findme-NN": the name filter matches these, at every size

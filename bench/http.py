@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 

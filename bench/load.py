@@ -7,14 +7,13 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
-from dataclasses import dataclass
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
@@ -39,7 +38,8 @@ def _request(call: str, seq: str, args: dict[str, Any]) -> tuple[str, Any]:
         return "registry", pb.ListModelVersionsRequest(model_name=args["model"], page_size=50)
     if call == "ListModels":
         return "registry", pb.ListModelsRequest(
-            page_size=args.get("page_size", 50), page_token=args.get("page_token", ""), name=args.get("name", "")
+            page_size=args.get("page_size", 50), page_token=args.get("page_token", ""), name=args.get("name", ""),
+            description=args.get("description", ""),
         )
     if call == "CreateModel":
         return "registry", pb.CreateModelRequest(name=f"{args['prefix']}-{seq}", description="bench")
@@ -70,7 +70,7 @@ class Job:
     worker: str
 
 
-def run_job(job: Job) -> tuple[list[float], float]:
+def run_job(job: Job) -> tuple[list[float], float, int]:
     """Blocking calls at one in flight (the cheapest client there is); otherwise a window of futures,
     each timed by its completion callback, refilled as the oldest completes."""
     with grpc.insecure_channel(job.target) as channel:
@@ -111,11 +111,11 @@ def run_job(job: Job) -> tuple[list[float], float]:
                     issue()
         inside = [(began, end) for began, end in timings if began >= window_start and end <= window_end]
         if inside:
-            return [end - began for began, end in inside], job.duration
+            return [end - began for began, end in inside], job.duration, len(timings)
         # On a loaded machine a short window may see no call complete in it: measure over the calls
         # that did complete (there is at least one: the loop waits for every call it issued).
         began_first, ended_last = min(b for b, _ in timings), max(e for _, e in timings)
-        return [end - began for began, end in timings], ended_last - began_first
+        return [end - began for began, end in timings], ended_last - began_first, len(timings)
 
 
 @dataclass
@@ -123,16 +123,19 @@ class Result:
     calls_per_s: float
     p50_ms: float
     p99_ms: float
-    calls: int
+    calls: int  # completed inside the measured window
+    completed: int = 0  # completed in all, warm-up included: what the server's CPU time was spent on
+    server_cpu_us: float = float("nan")  # server CPU time per completed call (set by the caller)
 
 
-def summarise(parts: list[tuple[list[float], float]]) -> Result:
-    latencies = sorted(x for lats, _ in parts for x in lats)
-    window = max(w for _, w in parts)
+def summarise(parts: list[tuple[list[float], float, int]]) -> Result:
+    latencies = sorted(x for lats, _, _ in parts for x in lats)
+    window = max(w for _, w, _ in parts)
+    completed = sum(n for _, _, n in parts)
     if not latencies:
-        return Result(0.0, float("nan"), float("nan"), 0)
+        return Result(0.0, float("nan"), float("nan"), 0, completed)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return Result(len(latencies) / window, statistics.median(latencies) * 1e3, p99 * 1e3, len(latencies))
+    return Result(len(latencies) / window, statistics.median(latencies) * 1e3, p99 * 1e3, len(latencies), completed)
 
 
 class LoadGenerator:

@@ -19,7 +19,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=sink.serve_forever, daemon=True).start()
         stack.callback(sink.shutdown)
         servers: list[BenchServer] = []
-        for name, flags, env in VARIANTS:
+        for _name, flags, env in VARIANTS:
             saved = dict(os.environ)
             os.environ.update(env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{sink.server_port}/v1/traces")
             try:
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         p50s: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
         cpu_us: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
         for round_ in range(args.rounds):
-            order = list(zip(VARIANTS, servers))
+            order = list(zip(VARIANTS, servers, strict=True))
             if round_ % 2:
                 order.reverse()  # no variant always measured first
             for (name, _, _), server in order:

@@ -18,13 +18,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import grpc
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
@@ -44,6 +44,12 @@ TARGETS = {
     **{(call, n): target for call in WRITES for n, target in ((1, 0.5), (16, 0.3))},
     **{(call, n): target for call in READS[5:] for n, target in ((1, 0.35), (16, 0.2))},
 }
+# Server CPU time per call, as a multiple of the no-op's (reads, writes).
+MAX_CPU_RATIO = {**{call: 2.0 for call in READS}, **{call: 4.0 for call in WRITES}}
+# `--workers 2` against one process, reads at 16 in flight: calls/s should grow with the cores the
+# server can have; with fewer than 4 cores the load generator holds one and there is nothing to gain.
+WORKER_CALLS = ("GetModel", "GetModelVersion")
+MIN_WORKERS_GAIN, WORKERS_GAIN_CORES = 1.3, 4
 MAX_SCALE_RATIO = 1.5
 MAX_RSS_IDLE_MB, MAX_RSS_LOADED_MB = 80, 150
 MAX_STARTUP_S = 1.5
@@ -117,8 +123,15 @@ class Bench:
         self.channel = grpc.insecure_channel(server.target)
         self.stub = pb_grpc.ModelRegistryServiceStub(self.channel)
 
-    def measure(self, call: str, call_args: dict[str, Any], in_flight: int, tag: str) -> Result:
-        return self.load.measure(self.server.target, call, call_args, in_flight, self.args.duration, tag)
+    def measure(self, call: str, call_args: dict[str, Any], in_flight: int, tag: str,
+                server: BenchServer | None = None) -> Result:
+        """One measurement, with the server's CPU time per completed call."""
+        server = server or self.server
+        cpu = server.cpu_s()
+        result = self.load.measure(server.target, call, call_args, in_flight, self.args.duration, tag)
+        if result.completed:
+            result.server_cpu_us = (server.cpu_s() - cpu) / result.completed * 1e6
+        return result
 
     def throughput(self, call_args: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Every call beside the baseline, at each number in flight; repetitions interleave the calls
@@ -148,6 +161,10 @@ class Bench:
                 "ratio_p50": _median([r.p50_ms / b.p50_ms for b, r in pairs]),
                 "ratio_p99": _median([r.p99_ms / b.p99_ms for b, r in pairs]),
                 "target_ratio_calls_per_s": TARGETS.get((call, in_flight)),
+                "server_cpu_us": _median([r.server_cpu_us for _, r in pairs]),
+                "baseline_server_cpu_us": _median([b.server_cpu_us for b, _ in pairs]),
+                "ratio_server_cpu": _median([r.server_cpu_us / b.server_cpu_us for b, r in pairs if b.server_cpu_us > 0]),
+                "target_ratio_server_cpu": MAX_CPU_RATIO[call],
                 "repetitions": [{"baseline": vars(b), "call": vars(r)} for b, r in pairs],
             }
             rows.append(row)
@@ -161,6 +178,21 @@ class Bench:
                 "calls_per_s": _median([r.calls_per_s for _, r in pairs]),
                 "baseline_p50_ms": _median([b.p50_ms for b, _ in pairs]),
                 "p50_over_baseline": _median([r.p50_ms / b.p50_ms for b, r in pairs])}
+
+    def workers(self, other: BenchServer, call_args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Reads at 16 in flight against `other` (`--workers 2`) and this one process, interleaved."""
+        rows = []
+        for call in WORKER_CALLS:
+            pairs = [(self.measure(call, call_args, 16, f"o{rep}"), self.measure(call, call_args, 16, f"w{rep}", other))
+                     for rep in range(self.args.reps)]
+            rows.append({
+                "call": call, "in_flight": 16,
+                "one_process_calls_per_s": _median([one.calls_per_s for one, _ in pairs]),
+                "workers_calls_per_s": _median([two.calls_per_s for _, two in pairs]),
+                "ratio": _median([two.calls_per_s / one.calls_per_s for one, two in pairs if one.calls_per_s]),
+            })
+            _progress(f"{call} x16: --workers 2 {rows[-1]['ratio']:.2f}x one process")
+        return rows
 
     def deep_token(self, position: int) -> str:
         """The page token after `position` models in name order, walked to through the API."""
@@ -180,6 +212,13 @@ class Bench:
             "ListModels first page": self.latency("ListModels", {}, "first"),
             "ListModels deep page": self.latency("ListModels", {"page_token": self.deep_token(models - 100)}, "deep"),
             "ListModels name filter": self.latency("ListModels", {"name": "findme"}, "filter"),
+            # Two characters: shorter than a trigram, so no trigram index can narrow it.
+            "ListModels short name filter": self.latency("ListModels", {"name": "fi"}, "short"),
+            # Matches nearly every model: a page of 50 should not cost more because more rows match.
+            "ListModels name filter matching all": self.latency("ListModels", {"name": "model"}, "all"),
+            "ListModels description filter matching all": self.latency(
+                "ListModels", {"description": "benchmark"}, "description"
+            ),
         }
 
 
@@ -234,6 +273,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         })
         loader.delete_models("w-")
 
+        _progress("--workers 2 beside one process")
+        workers_server = BenchServer(db.url, [*args.server_arg, "--workers", "2"], log_dir / "workers.log")
+        workers = bench.workers(workers_server, model_args)
+        workers_server.stop()
+
         _progress(f"loading {args.large_models} models and {args.large_versions} versions")
         began = time.perf_counter()
         loader.models(_sizes(args.large_models - len(named), "model", args.small_models - len(named)))
@@ -263,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              for case, lo, hi in cases]
     results.update({
         "throughput": throughput,
+        "workers": workers,
         "scale": scale,
         "memory": {"rss_idle_mb": rss_idle, "rss_loaded_mb": rss_loaded},
         "startup": {"empty_s": startup_empty, "loaded_s": startup_loaded},
@@ -290,19 +335,29 @@ def table(results: dict[str, Any]) -> str:
     lines = ["", f"Model registry benchmark, {results['date']} on {results['machine']['cpu']} "
                  f"({results['machine']['cores']} cores), database {results['database']}", ""]
     lines.append(f"{'call':<22}{'in flight':>10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-                 f"{'x calls/s':>11}{'x p50':>8}{'x p99':>8}  target")
+                 f"{'x calls/s':>11}{'x p50':>8}{'x p99':>8}  {'target':<12}{'cpu µs':>8}{'x cpu':>7}  target")
     baseline_rows = {}
     for row in results["throughput"]:
         baseline_rows.setdefault(row["in_flight"], row)
     for in_flight, row in sorted(baseline_rows.items()):
         lines.append(f"{'health Check (base)':<22}{in_flight:>10}{row['baseline_calls_per_s']:>10.0f}"
-                     f"{row['baseline_p50_ms']:>9.2f}{row['baseline_p99_ms']:>9.2f}{1:>11.2f}{1:>8.2f}{1:>8.2f}")
+                     f"{row['baseline_p50_ms']:>9.2f}{row['baseline_p99_ms']:>9.2f}{1:>11.2f}{1:>8.2f}{1:>8.2f}"
+                     f"  {'':<12}{row['baseline_server_cpu_us']:>8.0f}{1:>7.2f}")
     for row in sorted(results["throughput"], key=lambda r: (r["in_flight"], (READS + WRITES).index(r["call"]))):
         target = row["target_ratio_calls_per_s"]
         verdict = f">= {target} {_mark(row['ratio_calls_per_s'] >= target)}" if target else ""
+        cpu_target = row["target_ratio_server_cpu"]
         lines.append(f"{row['call']:<22}{row['in_flight']:>10}{row['calls_per_s']:>10.0f}{row['p50_ms']:>9.2f}"
                      f"{row['p99_ms']:>9.2f}{row['ratio_calls_per_s']:>11.2f}{row['ratio_p50']:>8.2f}"
-                     f"{row['ratio_p99']:>8.2f}  {verdict}")
+                     f"{row['ratio_p99']:>8.2f}  {verdict:<12}{row['server_cpu_us']:>8.0f}{row['ratio_server_cpu']:>7.2f}"
+                     f"  <= {cpu_target} {_mark(row['ratio_server_cpu'] <= cpu_target)}")
+    cores = results["machine"]["cores"] or 1
+    lines += ["", f"{'--workers 2 vs one process':<30}{'one proc/s':>11}{'workers/s':>11}{'ratio':>7}  target"]
+    for row in results["workers"]:
+        verdict = (f">= {MIN_WORKERS_GAIN} {_mark(row['ratio'] >= MIN_WORKERS_GAIN)}" if cores >= WORKERS_GAIN_CORES
+                   else f"n/a ({cores} cores: the load generator holds one; >= {MIN_WORKERS_GAIN} with {WORKERS_GAIN_CORES}+)")
+        lines.append(f"{row['call'] + ' x16':<30}{row['one_process_calls_per_s']:>11.0f}{row['workers_calls_per_s']:>11.0f}"
+                     f"{row['ratio']:>7.2f}  {verdict}")
     lines += ["", f"{'scale (p50 at 1 in flight)':<58}{'small ms':>9}{'large ms':>9}{'ratio':>7}{'/base':>7}"
                   f"  target (raw, /base)"]
     for row in results["scale"]:

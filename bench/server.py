@@ -3,6 +3,7 @@ load generator never shares its GIL), timed from launch to health SERVING, and i
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -69,6 +70,22 @@ class BenchServer:
                     return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the server has spent so far, its worker processes (`--workers`)
+        included, from /proc (Linux)."""
+        pids = [self.process.pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and entry != str(self.process.pid):
+                fields = _stat_fields(entry)
+                if fields and int(fields[1]) == self.process.pid:
+                    pids.append(int(entry))
+        ticks = 0
+        for pid in pids:
+            fields = _stat_fields(str(pid))
+            if fields:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -79,3 +96,12 @@ class BenchServer:
                 self.process.wait()
         self._log.close()
 
+
+def _stat_fields(pid: str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...; utime is [11]), or None
+    when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None

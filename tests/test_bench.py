@@ -22,10 +22,15 @@ def test_bench_quick_run_reports_every_figure(tmp_path, capsys) -> None:
         assert row["calls_per_s"] > 0 and row["baseline_calls_per_s"] > 0
         assert math.isfinite(row["ratio_calls_per_s"]) and math.isfinite(row["ratio_p99"])
     assert [row["case"].split(":")[0] for row in results["scale"]] == [
-        "ListModels first page", "ListModels deep page", "ListModels name filter", "GetModelVersion latest"
+        "ListModels first page", "ListModels deep page", "ListModels name filter", "ListModels short name filter",
+        "ListModels name filter matching all", "ListModels description filter matching all", "GetModelVersion latest",
     ]
+    for row in results["throughput"]:
+        assert row["server_cpu_us"] > 0 and math.isfinite(row["ratio_server_cpu"])
+    assert {row["call"] for row in results["workers"]} == {"GetModel", "GetModelVersion"}
+    assert all(row["ratio"] > 0 for row in results["workers"])
     assert all(math.isfinite(row["ratio_p50"] * row["ratio_p50_over_baseline"]) for row in results["scale"])
     assert results["memory"]["rss_idle_mb"] > 0 and results["memory"]["rss_loaded_mb"] > 0
     assert results["startup"]["empty_s"] > 0 and results["startup"]["loaded_s"] > 0
     printed = capsys.readouterr().out
-    assert "health Check (base)" in printed and "start-up, loaded database" in printed
+    assert "health Check (base)" in printed and "start-up, loaded database" in printed and "--workers 2" in printed
