@@ -48,9 +48,11 @@ check-proto: proto
 $(BUF):
 	npm install --no-save --silent @bufbuild/buf
 
-## lint: buf lint (STANDARD) and buf format on the protos
-lint: $(BUF)
+## lint: buf lint (STANDARD) and buf format on the protos, mypy on the three packages, ruff check
+lint: $(BUF) $(VENV)/.installed-dev
 	$(BUF) lint && $(BUF) format -d --exit-code
+	$(BIN)/mypy
+	$(BIN)/ruff check
 
 ## bench: throughput and latency beside a no-op gRPC baseline, scale, memory, start-up (README.md, Performance)
 bench: $(VENV)/.installed-run

@@ -129,7 +129,7 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = N
         lines.insert(0, list(headers))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))] if lines else []
     for line in lines:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
 def _print_list(objects: Sequence[Any], fields: Fields, columns: list[str]) -> None:
@@ -268,7 +268,7 @@ def registry_watch(r: Registry, args: argparse.Namespace) -> None:
     events = r.watch(args.model, args.kind, args.after, follow=not args.no_follow, reconnect=not args.no_reconnect)
 
     def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, EVENT_WIDTHS)).rstrip()
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, EVENT_WIDTHS, strict=False)).rstrip()
 
     if not args.json:
         print(line([heading for heading, _ in EVENT_FIELDS]), flush=True)
@@ -399,6 +399,8 @@ INFO_FIELDS: Fields = [
     ("Started", lambda i: i.start_time.isoformat(timespec="seconds")),
     ("Uptime", lambda i: f"{i.uptime_seconds:.0f} s"),
     ("Process id", lambda i: i.pid),
+    ("Caller", lambda i: i.caller or "(no tokens: everyone may do everything)"),
+    ("Role", lambda i: i.caller_role),
 ]
 
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
-
-from modelregistry.v1 import registry_service_pb2 as pb, registry_service_pb2_grpc
+from modelregistry.v1 import options_pb2, registry_service_pb2_grpc
+from modelregistry.v1 import registry_service_pb2 as pb
 
 from .connection import TOKEN_ENV, default_target, open_channel, unreachable, wait_for_connection, with_default_port
 from .errors import NotFoundError, RegistryError, UnavailableError, from_rpc_error
-from .transfer import Progress, UploadStream, local_files, receive_files
 from .objects import (
     Checkpoint,
     CheckpointState,
@@ -34,6 +33,7 @@ from .objects import (
     dict_to_struct,
     request,
 )
+from .transfer import Progress, UploadStream, local_files, receive_files
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
@@ -57,6 +57,8 @@ class ServerInfo:
     start_time: datetime.datetime
     uptime_seconds: float
     pid: int
+    caller: str = ""  # the principal the caller's token names; "" on a server without tokens
+    caller_role: str = ""  # "viewer", "editor" or "admin": what the caller may do
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "start_time": self.start_time.isoformat()}
@@ -243,7 +245,8 @@ class Registry:
         self._call("DeleteModel", name=name)
 
     def server_info(self) -> ServerInfo:
-        """What the server process that answers is: its release, database kind and schema level, uptime, pid."""
+        """What the server process that answers is: its release, database kind and schema level, uptime,
+        pid; and who the caller is to it: its principal and role."""
         reply = self._call("GetServerInfo")
         return ServerInfo(
             version=reply.version,
@@ -253,6 +256,9 @@ class Registry:
             start_time=reply.start_time.ToDatetime(tzinfo=datetime.timezone.utc),
             uptime_seconds=reply.uptime_seconds,
             pid=reply.pid,
+            caller=reply.caller,
+            caller_role=options_pb2.Role.Name(reply.caller_role).removeprefix("ROLE_").lower()
+            if reply.caller_role else "",
         )
 
     def get_model_labels(self) -> list[str]:
@@ -399,8 +405,8 @@ class Registry:
     ) -> Generator[Event, None, None]:
         """Yield the registry's events numbered after `after` (0: from the first), then new ones as
         they happen, in order, forever; with follow=False, stop at the end of the stored history instead.
-        With `reconnect`, a stream lost to UNAVAILABLE (a server stopping or unreachable) is resumed after
-        the last event yielded, with no gap or duplicate. Stop by breaking out of the loop (the stream
+        With `reconnect`, a stream lost to UNAVAILABLE or cut by the server with CANCELLED (a server
+        stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate. Stop by breaking out of the loop (the stream
         is cancelled)."""
         kinds = [kinds] if isinstance(kinds, (str, EventKind)) else kinds
         message = request(
@@ -424,7 +430,10 @@ class Registry:
                     return  # the server says this was the end of the history
             except grpc.RpcError as err:
                 error = self._error(err)
-                if not (reconnect and isinstance(error, UnavailableError)):
+                # CANCELLED here came from the server (one shutting down cuts streams that way): this
+                # loop never cancels its own call before the finally below.
+                lost = isinstance(error, UnavailableError) or error.code == grpc.StatusCode.CANCELLED
+                if not (reconnect and lost):
                     raise error from err
             finally:
                 call.cancel()

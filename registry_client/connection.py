@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
-
 from modelregistry.v1 import registry_service_pb2 as pb
 
 DEFAULT_PORT = 50051

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import importlib
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 # Module -> what to `pip install` for it, where the names differ.
 PIP_NAMES = {"sklearn": "scikit-learn", "tensorflow": "tensorflow", "torch": "torch", "onnx": "onnx"}

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from google.protobuf import field_mask_pb2, struct_pb2
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
-
 from modelregistry import structs
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 

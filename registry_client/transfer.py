@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import grpc
-
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 
 from .errors import DataLossError
 

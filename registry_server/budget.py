@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Generator, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterator
+from typing import Any
 
 import grpc
 

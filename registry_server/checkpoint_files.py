@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import peewee as pw
-
 from modelregistry.v1 import checkpoint_pb2, event_pb2
 
 from . import validation
+from .errors import Aborted, FailedPrecondition, NotFound, checkpoint_not_found, invalid
 from .prepared import tuples
 from .rows import CheckpointRow
-from .errors import Aborted, FailedPrecondition, NotFound, checkpoint_not_found, invalid
 from .store import RegistryStore, _checkpoint_uuid, _refuse_in_use
 from .tables import BlobHold, Checkpoint, CheckpointFile, now_us
 

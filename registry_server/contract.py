@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
-
 from modelregistry.v1 import options_pb2, registry_service_pb2
 
 SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"]
 ROLE_NAMES = {options_pb2.ROLE_VIEWER: "viewer", options_pb2.ROLE_EDITOR: "editor", options_pb2.ROLE_ADMIN: "admin"}
+ROLE_NUMBERS = {name: number for number, name in ROLE_NAMES.items()}
 _NO_SIDE_EFFECTS = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
 _IDEMPOTENT = descriptor_pb2.MethodOptions.IDEMPOTENT
 

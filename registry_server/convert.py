@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-
 from modelregistry import structs
 from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
 

@@ -42,16 +42,16 @@ import hashlib
 import logging
 import time
 import uuid as uuidlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, BinaryIO
+from typing import BinaryIO
 
 from . import metrics, tracing, validation
 from .checkpoint_files import CheckpointFileStore, ancestors, conflict_error
 from .errors import Aborted, DataLoss, ResourceExhausted, invalid
 from .storage import PendingFile, Storage, is_digest
 from .store import RegistryStore
-from .tables import now_us
-from .tables import Checkpoint
+from .tables import Checkpoint, now_us
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Upload:
     """One upload call; see the module's docstring. Until `commit` nothing is visible, and `discard`
     removes what was written."""
 
-    def __init__(self, files: "CheckpointFiles", checkpoint_uuid: str, stored: dict[str, int]) -> None:
+    def __init__(self, files: CheckpointFiles, checkpoint_uuid: str, stored: dict[str, int]) -> None:
         self.files = files
         self.checkpoint_uuid = checkpoint_uuid
         self.id = uuidlib.uuid4().hex
@@ -180,7 +180,7 @@ class Upload:
         self._held = False
         return checkpoint
 
-    def __enter__(self) -> "Upload":
+    def __enter__(self) -> Upload:
         return self
 
     def __exit__(self, *exc: object) -> None:

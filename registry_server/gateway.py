@@ -26,16 +26,17 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import quote, unquote
 
 import grpc
 from google.protobuf import json_format
 from google.rpc import status_pb2
 from grpc_status import rpc_status
-
-from modelregistry.v1 import checkpoint_pb2, event_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2, event_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 
 from . import auth, budget, contract, errors, metrics, tracing, transcode
 from .interceptor import RegistryInterceptor, gate, outcome, serve_call
@@ -176,7 +177,7 @@ class Response:
         self.headers = headers or []
 
     @classmethod
-    def error(cls, error: errors.RegistryError | status_pb2.Status, extra: list[tuple[bytes, bytes]] | None = None) -> "Response":
+    def error(cls, error: errors.RegistryError | status_pb2.Status, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
         status = status_of(error) if isinstance(error, errors.RegistryError) else error
         http, body = error_body(status)
         return cls(http, body, [(b"content-type", _JSON), *(extra or [])])

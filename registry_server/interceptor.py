@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-
 from modelregistry.v1 import registry_service_pb2 as pb
 
 from . import auth, budget, contract, errors, metrics, tracing
@@ -393,6 +393,6 @@ def _parse(parse: Callable[[bytes], Any] | None, raw: bytes) -> Any:
     try:
         return parse(raw)
     except DecodeError as error:
-        raise errors.invalid("MALFORMED_REQUEST", f"the request is not a valid message: {error}")
+        raise errors.invalid("MALFORMED_REQUEST", f"the request is not a valid message: {error}") from None
 
 

@@ -22,9 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import __version__, auth, logs, metrics, server, tracing
 from . import db as database
+from .events import WATCH_POLL_INTERVAL_S
 from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .server import TlsFiles, build_server
-from .events import WATCH_POLL_INTERVAL_S
 from .storage import open_storage
 
 log = logging.getLogger("registry_server")

@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _WAIT_BUCKETS = (0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _lock = threading.Lock()
-_m: "_Metrics | None" = None  # None: metrics off
+_m: _Metrics | None = None  # None: metrics off
 
 
 class _Metrics:

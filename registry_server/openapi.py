@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
-
 from modelregistry.v1 import registry_service_pb2
 
 from . import contract, transcode

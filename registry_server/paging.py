@@ -12,7 +12,8 @@ import binascii
 import hashlib
 import hmac
 import json
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import peewee as pw
 
@@ -81,7 +82,7 @@ class PageTokens:
             )
         if not isinstance(after, list) or len(after) != len(types):
             raise _refused()
-        for value, kind in zip(after, types):
+        for value, kind in zip(after, types, strict=True):
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise _refused()
             if isinstance(value, int) and not -(2**63) <= value < 2**63:

@@ -9,7 +9,8 @@ named tuples, convert.py into messages)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import peewee as pw
 
@@ -57,7 +58,7 @@ def param(name: str, field: pw.Field | None = None) -> pw.Node:
     return pw.Value(Param(name, field.db_value, default), converter=False)
 
 
-def insert(table: type[pw.Model], *returning: pw.Node) -> "PreparedQuery":
+def insert(table: type[pw.Model], *returning: pw.Node) -> PreparedQuery:
     """INSERT of one row of `table`: a placeholder per column (named as its field, the field's default
     when a run gives no value) but an automatic id."""
     fields = [f for f in table._meta.sorted_fields if not isinstance(f, pw.AutoField)]

@@ -6,7 +6,8 @@ cost as much as the query itself (see prepared.py). convert.py turns these into 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import peewee as pw
 

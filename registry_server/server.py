@@ -13,16 +13,15 @@ import grpc
 import peewee as pw
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from modelregistry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from . import auth, budget, metrics
 from . import db as database
+from .events import WATCH_POLL_INTERVAL_S, EventLog
+from .files import DEFAULT_MAX_UPLOAD_BYTES
 from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthServicer
 from .interceptor import RegistryInterceptor
-from .files import DEFAULT_MAX_UPLOAD_BYTES
-from .events import WATCH_POLL_INTERVAL_S, EventLog
 from .servicer import ModelRegistryServicer
 from .storage import Storage, open_storage
 from .store import RegistryStore
@@ -143,7 +142,7 @@ class RegistryServer:
         if self.http is not None:  # stops listening at once; its calls finish beside gRPC's
             self.http.server.should_exit = True
             self.http.server.config.timeout_graceful_shutdown = grace or 0  # None: cut at once, as gRPC does
-        self.server.stop(grace).wait()  # calls cut at the end of the grace end UNAVAILABLE
+        self.server.stop(grace).wait()  # calls cut at the end of the grace end CANCELLED (the client resumes watches)
         if self.http is not None:
             self.http.stop(grace)
         self.calls.shutdown()

@@ -10,16 +10,17 @@ import inspect
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import peewee as pw
 from google.protobuf.message import Message
-
-from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2, event_pb2, model_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
-from . import __version__, auth, convert, errors, paging, status, validation
+from . import __version__, auth, contract, convert, errors, paging, status, validation
 from . import db as database
 from .errors import invalid
 from .files import DEFAULT_MAX_UPLOAD_BYTES, CheckpointFiles
@@ -50,7 +51,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
-        def stream(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def stream(self: ModelRegistryServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with status.refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
                 validation.check_request(request)
                 yield from method(self, request, context)
@@ -59,7 +60,7 @@ def _rpc(method: Callable[..., Any], *, hold_connection: bool = True) -> Callabl
     response_type = getattr(pb, method.__name__ + "Response")
 
     @functools.wraps(method)
-    def handler(self: "ModelRegistryServicer", request: Any, context: grpc.ServicerContext) -> Any:
+    def handler(self: ModelRegistryServicer, request: Any, context: grpc.ServicerContext) -> Any:
         with status.refusals(self.store.db, context, method.__name__), self.store.acting_as(*_actor()):
             if isinstance(request, Message):  # a client stream is checked message by message
                 validation.check_request(request)
@@ -149,6 +150,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     @_rpc
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext) -> pb.GetServerInfoResponse:
         number, name = database.schema_version(self.store.db)
+        caller = auth.current()
         response = pb.GetServerInfoResponse(
             version=__version__,
             schema_version=number,
@@ -156,6 +158,8 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             database_kind=database.kind(self.store.db),
             uptime_seconds=time.monotonic() - self._started_monotonic,
             pid=os.getpid(),
+            caller=caller.name,
+            caller_role=contract.ROLE_NUMBERS[caller.role],
         )
         response.start_time.FromMicroseconds(int(self.started * 1_000_000))
         return response

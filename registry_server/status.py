@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import peewee as pw

@@ -24,9 +24,10 @@ import re
 import shutil
 import tempfile
 import uuid as uuidlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterator
+from typing import IO, Any, BinaryIO
 
 from . import validation
 from .db import sqlite_path

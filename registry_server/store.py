@@ -11,18 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peewee as pw
-
 from modelregistry.v1 import checkpoint_pb2 as cp
 from modelregistry.v1 import event_pb2 as ev
 
-from . import paging, validation
+from . import paging, prepared, rows, validation
 from .db import is_sqlite
-from .events import EventLog
-from . import rows
-from . import prepared
-from .prepared import PreparedQuery, param
-from .rows import CHECKPOINT_COLUMNS, MODEL_COLUMNS, VERSION_COLUMNS, CheckpointRow, ModelRow, RowReaders, VersionRow
-from .transactions import RequestKey, Transactions
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -33,6 +26,9 @@ from .errors import (
     model_not_found,
     version_not_found,
 )
+from .events import EventLog
+from .prepared import PreparedQuery, param
+from .rows import CHECKPOINT_COLUMNS, MODEL_COLUMNS, VERSION_COLUMNS, CheckpointRow, ModelRow, RowReaders, VersionRow
 from .tables import (
     AliasChange,
     Checkpoint,
@@ -44,6 +40,7 @@ from .tables import (
     RegistrySecret,
     now_us,
 )
+from .transactions import RequestKey, Transactions
 
 MODEL_SORT_KEYS: dict[str, pw.Field[Any]] = {
     "name": Model.name,
@@ -409,7 +406,7 @@ class RegistryStore:
         except pw.IntegrityError:
             raise AlreadyExists(
                 "MODEL_ALREADY_EXISTS", f"model {new_name!r} already exists", model_name=new_name
-            )
+            ) from None
 
     def update_model_metadata(self, name: str, merge: dict[str, Any], remove_keys: list[str]) -> ModelRow:
         """Top-level keys of `merge` replace or add, then `remove_keys` go: one step under the row lock,
@@ -841,7 +838,7 @@ class RegistryStore:
                 self.tx.event(ev.EVENT_KIND_CHECKPOINT_DELETED, checkpoint_uuid=uuid)
         except pw.IntegrityError:
             # A version registered it between our check and the delete (PostgreSQL's RESTRICT).
-            raise _checkpoint_in_use(uuid, "", 0)
+            raise _checkpoint_in_use(uuid, "", 0) from None
         return uuid
 
     # Helpers ------------------------------------------------------------------------------------
@@ -882,7 +879,7 @@ def _checkpoint_uuid(value: str) -> str:
     try:
         return str(uuidlib.UUID(value))
     except (ValueError, TypeError, AttributeError):
-        raise invalid("INVALID_UUID", "checkpoint uuid must be a UUID", checkpoint_uuid=str(value)[:64])
+        raise invalid("INVALID_UUID", "checkpoint uuid must be a UUID", checkpoint_uuid=str(value)[:64]) from None
 
 
 def _refuse_in_use(checkpoint: Checkpoint | CheckpointRow) -> None:

@@ -15,16 +15,15 @@ from urllib.parse import parse_qsl, unquote
 
 from google.api import annotations_pb2, http_pb2  # type: ignore[attr-defined]  # googleapis-common-protos ships no stubs for these
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
-
-# A message descriptor as the generated code hands it out: pure Python or upb (the C one), same interface.
-AnyDescriptor = Any
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from . import errors
 from .errors import invalid
 
+# A message descriptor as the generated code hands it out: pure Python or upb (the C one), same interface.
+AnyDescriptor = Any
 _VERBS = ("get", "put", "post", "delete", "patch")
 # A path's variables match percent-encoded segments: a `/` inside a value is sent as %2F.
 _SEGMENT = "[^/]+"

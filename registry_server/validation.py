@@ -6,7 +6,8 @@ import functools
 import json
 import re
 import unicodedata
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -158,7 +159,7 @@ def json_object(value: dict[str, Any], field: str, limit: int = MAX_METADATA_BYT
     try:
         encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
-        raise invalid("INVALID_JSON", f"{field} must not hold NaN or infinite numbers", field=field)
+        raise invalid("INVALID_JSON", f"{field} must not hold NaN or infinite numbers", field=field) from None
     size = len(encoded.encode())
     if size > limit:
         raise invalid("VALUE_TOO_LARGE", f"{field} is larger than {limit} bytes", field=field, size=size, limit=limit)

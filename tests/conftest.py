@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
+import grpc
 import pytest
+from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
 
+from registry_client import Registry
 from registry_server import db as database
 from registry_server.server import RegistryServer, build_server
 from registry_server.storage import LocalStorage
@@ -87,6 +90,20 @@ def registry_server(database_url: str, storage_dir: str) -> Iterator[RegistrySer
 def registry_target(registry_server: RegistryServer) -> str:
     """host:port of a real registry server on an empty database."""
     return f"127.0.0.1:{registry_server.port}"
+
+
+@pytest.fixture
+def registry(registry_target: str) -> Iterator[Registry]:
+    """The Python client, connected to the registry server of `registry_target`."""
+    with Registry(registry_target, timeout=30) as r:
+        yield r
+
+
+@pytest.fixture
+def stub(registry_target: str) -> Iterator[pb_grpc.ModelRegistryServiceStub]:
+    """A bare gRPC stub of the registry server of `registry_target`."""
+    with grpc.insecure_channel(registry_target) as channel:
+        yield pb_grpc.ModelRegistryServiceStub(channel)
 
 
 # Principals of the token file the secured servers of the tests read: TOKEN PRINCIPAL ROLE.

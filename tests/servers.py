@@ -7,12 +7,12 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 SERVING = re.compile(r"registry serving on ([\d.]+):(\d+)")
 HTTP_SERVING = re.compile(r"http serving on ([\d.]+):(\d+)")
@@ -71,7 +71,7 @@ class ServerProcess:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *_: object) -> None:

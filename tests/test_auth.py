@@ -8,15 +8,15 @@ import logging
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from modelregistry.v1 import registry_service_pb2 as pb
+
 from registry_client import Registry
 from registry_client.errors import (
     InvalidArgumentError,

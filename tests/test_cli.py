@@ -65,7 +65,7 @@ def test_model_create_list_describe(cli, cli_json) -> None:
     assert [row.split()[0] for row in rows] == ["mnist_cnn", "resnet"]
     # Columns line up: every row's second column starts where the header's does.
     assert all(row.index(desc) == header.index("Description")
-               for row, desc in zip(rows, ["a character", "image"]))
+               for row, desc in zip(rows, ["a character", "image"], strict=True))
 
     # --json accepted before the subcommand as well as after it.
     status, out, _ = cli("--json", "model", "list", "--sort-by", "name", "--order-by", "desc")
@@ -346,8 +346,9 @@ def test_watch_no_follow_stops_at_the_end_with_a_header(cli, cli_json) -> None:
 
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.metadata
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert importlib.metadata.version("model-registry") == declared

@@ -28,12 +28,6 @@ from registry_client import (
 )
 
 
-@pytest.fixture
-def registry(registry_target: str):
-    with Registry(registry_target, timeout=10) as r:
-        yield r
-
-
 def _checkpoint(r: Registry, **fields) -> Checkpoint:
     fields.setdefault("experiment_id", 1)
     fields.setdefault("trial_id", 1)
@@ -437,6 +431,7 @@ def test_enums_are_taken_by_member_name_or_number(registry: Registry) -> None:
 
 def test_the_client_enums_mirror_the_generated_ones() -> None:
     from modelregistry.v1 import event_pb2, model_pb2
+
     from registry_client.objects import _Choice, _mirrors
 
     assert {f"EVENT_KIND_{k.name}" for k in EventKind} == set(event_pb2.EventKind.keys()) - {"EVENT_KIND_UNSPECIFIED"}
@@ -525,3 +520,39 @@ def test_watch_without_follow_ends_at_the_end_of_history(registry: Registry, mon
     assert [e.model_name for e in registry.watch(models=["d", "b"], follow=False)] == ["b", "d"]
     assert list(registry.watch(kinds=["alias_set"], follow=False)) == []
     assert list(registry.watch(after=6, follow=False)) == []
+
+
+def test_watch_resumes_after_a_stream_the_server_cancelled() -> None:
+    """A server that is shutting down may cut a stream with CANCELLED (HTTP/2 RST_STREAM CANCEL, e.g.
+    a call that arrived just before its GOAWAY): the client never cancels inside the loop, so a watch
+    resumes after the last event it yielded, as it does on UNAVAILABLE, with no gap or duplicate."""
+    from concurrent import futures
+
+    from modelregistry.v1 import event_pb2
+    from modelregistry.v1 import registry_service_pb2 as pb
+    from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
+    asked: list[int] = []
+
+    class Cutting(pb_grpc.ModelRegistryServiceServicer):
+        def WatchEvents(self, request, context):  # type: ignore[no-untyped-def]
+            asked.append(request.after_sequence)
+            for sequence in range(request.after_sequence + 1, 6):
+                yield pb.WatchEventsResponse(event=event_pb2.Event(
+                    sequence=sequence, model_name="m", kind=event_pb2.EVENT_KIND_MODEL_CREATED))
+                if request.after_sequence == 0 and sequence == 2:
+                    context.abort(grpc.StatusCode.CANCELLED, "the server is shutting down")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_ModelRegistryServiceServicer_to_server(Cutting(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Registry(f"127.0.0.1:{port}", timeout=10) as r:
+            assert [e.sequence for e in r.watch(follow=False)] == [1, 2, 3, 4, 5]
+            with pytest.raises(RegistryError) as caught:
+                list(r.watch(follow=False, reconnect=False))
+            assert caught.value.code == grpc.StatusCode.CANCELLED
+    finally:
+        server.stop(None)
+    assert asked == [0, 2, 0]

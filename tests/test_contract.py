@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from modelregistry.v1 import error_reason_pb2
+
 from registry_server import contract, validation
 
 SERVER = Path(__file__).resolve().parent.parent / "registry_server"

@@ -10,16 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from modelregistry.v1 import checkpoint_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
 from registry_client import DataLossError, NotFoundError, Registry
 from registry_client.transfer import receive_files
-
-
-@pytest.fixture
-def registry(registry_target: str) -> Iterator[Registry]:
-    with Registry(registry_target, timeout=10) as r:
-        yield r
 
 
 @pytest.fixture

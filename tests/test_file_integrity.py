@@ -15,15 +15,17 @@ import tarfile
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
-
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_client import DataLossError, EventKind, Registry
 from registry_server import backup, validation
 from registry_server import db as database
@@ -34,7 +36,7 @@ from registry_server.store import RegistryStore
 from registry_server.tables import Checkpoint
 from tests.conftest import POSTGRES_URL
 from tests.servers import ServerProcess
-from tests.test_files import files_under, make_tree, refusal, registry, stub, tree_of  # noqa: F401 (fixtures)
+from tests.test_files import files_under, make_tree, refusal, tree_of
 
 KiB, MiB = 1024, 1024 * 1024
 HOUR = 3600

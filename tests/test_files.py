@@ -16,15 +16,17 @@ import threading
 import time
 import tracemalloc
 import uuid as uuidlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
-
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_client import (
     CheckpointState,
     DataLossError,
@@ -41,18 +43,6 @@ from registry_server.storage import FsspecStorage, open_storage
 from tests.servers import ServerProcess, console_script
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def registry(registry_target: str) -> Iterator[Registry]:
-    with Registry(registry_target, timeout=30) as r:
-        yield r
-
-
-@pytest.fixture
-def stub(registry_target: str) -> Iterator[pb_grpc.ModelRegistryServiceStub]:
-    with grpc.insecure_channel(registry_target) as channel:
-        yield pb_grpc.ModelRegistryServiceStub(channel)
 
 
 def make_tree(root: Path, files: dict[str, bytes]) -> Path:

@@ -9,8 +9,9 @@ import functools
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -19,8 +20,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from modelregistry.v1 import registry_service_pb2 as pb
+
 from registry_client import Registry
 from registry_client.errors import AlreadyExistsError, RegistryError, from_rpc_error
 from registry_server.server import build_server
@@ -116,7 +117,7 @@ def _build(cls: type[Message], values: dict[str, Any]) -> Message:
     return message
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def messages(descriptor: Descriptor) -> st.SearchStrategy[Message]:
     """Any message of this type, field by field, with well-known types built from what they hold."""
     cls = _message_class(descriptor)

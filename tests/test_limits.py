@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import pytest
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_client import Registry
 from registry_client.errors import InvalidArgumentError, ResourceExhaustedError, from_rpc_error
 from registry_server import validation

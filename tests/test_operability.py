@@ -9,8 +9,8 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -271,9 +271,20 @@ def test_server_info(registry_server: RegistryServer, database_url: str, capsys:
     assert (info.schema_version, info.schema_migration) == (int(LATEST_MIGRATION[:4]), LATEST_MIGRATION)
     assert info.database_kind == ("sqlite" if database_url.startswith("sqlite") else "postgresql")
     assert info.pid == os.getpid() and info.uptime_seconds >= 0
+    assert (info.caller, info.caller_role) == ("", "admin")  # no tokens: everyone may do everything
     assert cli_main(["--target", target, "--json", "info"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["schema_migration"] == LATEST_MIGRATION and shown["pid"] == os.getpid()
+
+
+def test_server_info_names_the_caller_and_its_role(secured: RegistryServer) -> None:
+    """What a user interface needs to show or hide edit controls, without trying an edit."""
+    target = f"127.0.0.1:{secured.port}"
+    for key in ("admin", "alice", "viewer"):
+        token, principal, role = TOKENS[key]
+        with Registry(target, timeout=10, token=token) as r:
+            info = r.server_info()
+        assert (info.caller, info.caller_role) == (principal, role)
 
 
 def test_health_is_not_serving_until_the_server_is_ready(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from concurrent import futures
 
 import grpc
 import pytest
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from tests.servers import ServerProcess
 
 MODELS = ["alpha", "beta", "gamma"]
@@ -112,7 +112,7 @@ def test_sigkill_under_write_load_loses_nothing_acknowledged(database_url: str, 
     server = ServerProcess(database_url)
     uuid = prepare(server.target)
     try:
-        for crash in range(2):
+        for _crash in range(2):
             stop = threading.Event()
 
             def writer(worker: int, target: str = server.target) -> None:
@@ -167,7 +167,7 @@ def test_client_spreads_over_replicas_and_survives_one_dying(database_url: str) 
             for _ in range(20):
                 assert registry.get_model("m").name == "m"
             first.kill()
-            for i in range(20):
+            for _ in range(20):
                 assert registry.get_model("m").name == "m"  # reads retried on the live replica
             ckpt = registry.create_checkpoint()
             assert registry.get_model("m").register_version(ckpt.uuid).version == 1

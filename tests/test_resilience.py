@@ -12,17 +12,17 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from modelregistry.v1 import checkpoint_pb2
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_client import Registry
 from registry_server.server import build_server
 from registry_server.storage import LocalStorage
@@ -238,7 +238,7 @@ def test_uploads_that_stop_sending_cannot_starve_unary_calls(small_server) -> No
         stalled = [Blocked(pb.UploadCheckpointFilesRequest(checkpoint_uuid=uuid), header) for _ in range(16)]
         futures = [
             registry.UploadCheckpointFiles.future(iter(requests), timeout=120, metadata=bearer(who))
-            for requests, who in zip(stalled, ["alice", "bob", "admin", "viewer"] * 4)
+            for requests, who in zip(stalled, ["alice", "bob", "admin", "viewer"] * 4, strict=True)
         ]
         assert_unary_calls_answer(target)
         codes = Counter()
@@ -324,7 +324,7 @@ def test_workers_are_restarted_after_early_crashes_and_hangs(tmp_path: Path) -> 
     with ServerProcess(f"sqlite:///{tmp_path}/registry.db", *args, workers=2) as server:
         with Registry(server.target, timeout=30) as registry:
             registry.create_model("m")
-            for round_ in range(2):  # twice within a few seconds of each start
+            for _round in range(2):  # twice within a few seconds of each start
                 victim = worker_pids(server)[1]
                 before = serving_lines(server)
                 os.kill(victim, signal.SIGKILL)

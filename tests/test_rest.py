@@ -13,8 +13,9 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import grpc
@@ -22,9 +23,9 @@ import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_server import contract, openapi, transcode
 from registry_server.server import RegistryServer, TlsFiles, build_server
 from registry_server.storage import LocalStorage

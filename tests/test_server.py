@@ -16,9 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_server import db as database
 from registry_server.main import parse_args
 from tests.servers import ServerProcess, console_script

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import grpc_testing
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
+from modelregistry.v1 import checkpoint_pb2, model_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 
-from modelregistry.v1 import checkpoint_pb2, model_pb2, registry_service_pb2 as pb
-from registry_server.storage import LocalStorage
 from registry_server.servicer import ModelRegistryServicer
+from registry_server.storage import LocalStorage
 from registry_server.store import RegistryStore
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]

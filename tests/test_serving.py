@@ -10,9 +10,10 @@ import time
 
 import grpc
 import pytest
-
-from modelregistry.v1 import checkpoint_pb2, registry_service_pb2 as pb
+from modelregistry.v1 import checkpoint_pb2
+from modelregistry.v1 import registry_service_pb2 as pb
 from modelregistry.v1 import registry_service_pb2_grpc as pb_grpc
+
 from registry_client import (
     AlreadyExistsError,
     EventKind,
@@ -23,17 +24,10 @@ from registry_client import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from registry_client.cli import main
 from registry_server import db as database
 from registry_server.server import build_server
 from registry_server.store import RegistryStore
 from tests.servers import ServerProcess, wait_for
-
-
-@pytest.fixture
-def registry(registry_target: str):
-    with Registry(registry_target, timeout=10) as r:
-        yield r
 
 
 class AnswerDroppingProxy:

@@ -4,15 +4,16 @@ creates, atomic registration, and the event log's numbering under concurrent tra
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from registry_server import errors
 from registry_client import EventKind
+from registry_server import errors
 from registry_server.store import RegistryStore
-from registry_server.transactions import RequestKey
 from registry_server.tables import AliasChange, Checkpoint, Event, Model, ModelVersion, RequestRecord
+from registry_server.transactions import RequestKey
 
 
 def events(store: RegistryStore, after: int = 0) -> list[tuple[int, str, str, int, str]]:
@@ -117,7 +118,7 @@ def test_concurrent_alias_moves_leave_a_consistent_history(store: RegistryStore)
     assert failures == []
     history = store.list_alias_history("m", page_size=1000).rows
     assert history[0].previous_version == 0
-    for before, after in zip(history, history[1:]):
+    for before, after in zip(history, history[1:], strict=False):
         assert after.previous_version == before.version != after.version
     assert history[-1].version == store.get_version("m", alias="production").version
     moves = [(e[3]) for e in events(store) if e[1] == "ALIAS_SET"]

@@ -91,21 +91,19 @@ export const get = (path, query, signal) => call('GET', path, { query, signal })
 
 /**
  * What the session may do: 'editor' (may try edits; the server still checks ownership), 'viewer',
- * or 'signed-out' (the server wants a token). There is no endpoint that names the caller's role, so
- * the UI asks with an edit that can never change anything: CreateModel without a name. The role is
- * checked before the request is, so a viewer gets PERMISSION_DENIED and an editor INVALID_ARGUMENT.
- * Remembered for the session (and forgotten when the token changes).
+ * or 'signed-out' (the server wants a token). GetServerInfo names the caller's role (ROLE_ADMIN on a
+ * server without tokens). Remembered for the session (and forgotten when the token changes).
  */
 export async function role() {
   const known = sessionStorage.getItem(ROLE_KEY);
   if (known) return known;
-  let found = 'editor';
+  let found;
   try {
-    await call('POST', '/api/v1/models', { body: { name: '' } });
+    const info = await get('/api/v1/serverInfo');
+    found = info.callerRole === 'ROLE_EDITOR' || info.callerRole === 'ROLE_ADMIN' ? 'editor' : 'viewer';
   } catch (error) {
-    if (error.code === 'PERMISSION_DENIED') found = 'viewer';
-    else if (error.code === 'UNAUTHENTICATED') found = 'signed-out';
-    else if (error.httpStatus === 0 || error.httpStatus >= 500) return 'viewer'; // unknown: not remembered
+    if (error.code !== 'UNAUTHENTICATED') return 'viewer'; // unknown: not remembered
+    found = 'signed-out';
   }
   sessionStorage.setItem(ROLE_KEY, found);
   return found;

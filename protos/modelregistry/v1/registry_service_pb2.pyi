@@ -13,6 +13,7 @@ from google.protobuf.internal import containers as _containers
 from modelregistry.v1 import checkpoint_pb2 as _checkpoint_pb2
 from modelregistry.v1 import event_pb2 as _event_pb2
 from modelregistry.v1 import model_pb2 as _model_pb2
+from modelregistry.v1 import options_pb2 as _options_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1513,6 +1514,8 @@ class GetServerInfoResponse(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    CALLER_ROLE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Release of the model-registry package the server runs, e.g. "0.1.0"."""
     schema_version: _builtins.int
@@ -1525,6 +1528,14 @@ class GetServerInfoResponse(_message.Message):
     """Seconds since start_time, as the server measures it."""
     pid: _builtins.int
     """Process id of the server process (with --workers: of the worker that answered)."""
+    caller: _builtins.str
+    """The caller, as the server authenticated it: the principal its token names, recorded as the owner
+    of what it creates; empty on a server without --auth-tokens.
+    """
+    caller_role: _options_pb2.Role.ValueType
+    """The caller's role, what it may do (ROLE_ADMIN on a server without --auth-tokens, where everyone
+    may do everything). A user interface shows edit controls from it.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When this server process started serving."""
@@ -1539,10 +1550,12 @@ class GetServerInfoResponse(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         uptime_seconds: _builtins.float = ...,
         pid: _builtins.int = ...,
+        caller: _builtins.str = ...,
+        caller_role: _options_pb2.Role.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["database_kind", b"database_kind", "pid", b"pid", "schema_migration", b"schema_migration", "schema_version", b"schema_version", "start_time", b"start_time", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "caller_role", b"caller_role", "database_kind", b"database_kind", "pid", b"pid", "schema_migration", b"schema_migration", "schema_version", b"schema_version", "start_time", b"start_time", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

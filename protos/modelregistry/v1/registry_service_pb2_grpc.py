@@ -371,7 +371,8 @@ class ModelRegistryServiceServicer:
 
     def GetServerInfo(self, request, context):
         """Describes the server process that answers: its release, its database kind and schema level, how
-        long it has been up and its process id (with --workers, each worker answers for itself).
+        long it has been up and its process id (with --workers, each worker answers for itself); and the
+        caller: its principal and role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -114,7 +114,8 @@ class ModelRegistryServiceStub:
     """
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetServerInfoRequest, _registry_service_pb2.GetServerInfoResponse]
     """Describes the server process that answers: its release, its database kind and schema level, how
-    long it has been up and its process id (with --workers, each worker answers for itself).
+    long it has been up and its process id (with --workers, each worker answers for itself); and the
+    caller: its principal and role.
     """
 
 @_typing.type_check_only
@@ -203,7 +204,8 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     """
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetServerInfoRequest, _registry_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """Describes the server process that answers: its release, its database kind and schema level, how
-    long it has been up and its process id (with --workers, each worker answers for itself).
+    long it has been up and its process id (with --workers, each worker answers for itself); and the
+    caller: its principal and role.
     """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -445,7 +447,8 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetServerInfoResponse, _abc.Awaitable[_registry_service_pb2.GetServerInfoResponse]]:
         """Describes the server process that answers: its release, its database kind and schema level, how
-        long it has been up and its process id (with --workers, each worker answers for itself).
+        long it has been up and its process id (with --workers, each worker answers for itself); and the
+        caller: its principal and role.
         """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
