@@ -53,13 +53,6 @@ class _Sink(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process so far (Linux)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def recording_cost_us(calls: int = 20000) -> dict[str, float]:
     """CPU µs one call spends in the recording itself, measured in this process: the metrics of a
     unary call (in flight, bytes, duration, count by code) and its span (with a context to continue,
@@ -145,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             if round_ % 2:
                 order.reverse()  # no variant always measured first
             for (name, _, _), server in order:
-                cpu = _cpu_s(server.process.pid)
+                cpu = server.cpu_s()
                 result = load.measure(server.target, "GetModel", {"model": "bench"}, args.in_flight, args.duration, name)
                 # CPU over every call of the measurement, warm-up included (its calls are not counted: a
                 # slight overestimate, alike for every variant).
-                cpu_us[name].append((_cpu_s(server.process.pid) - cpu) / max(result.calls, 1) * 1e6)
+                cpu_us[name].append((server.cpu_s() - cpu) / max(result.calls, 1) * 1e6)
                 rates[name].append(result.calls_per_s)
                 p50s[name].append(result.p50_ms)
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)

@@ -73,16 +73,10 @@ class BenchServer:
     def cpu_s(self) -> float:
         """CPU time (user + system) the server has spent so far, its worker processes (`--workers`)
         included, from /proc (Linux)."""
-        pids = [self.process.pid]
+        me, ticks = str(self.process.pid), 0
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and entry != str(self.process.pid):
-                fields = _stat_fields(entry)
-                if fields and int(fields[1]) == self.process.pid:
-                    pids.append(int(entry))
-        ticks = 0
-        for pid in pids:
-            fields = _stat_fields(str(pid))
-            if fields:
+            fields = _stat_fields(entry) if entry.isdigit() else None
+            if fields and (entry == me or fields[1] == me):  # the server, or a process it started
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 

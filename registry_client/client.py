@@ -406,8 +406,8 @@ class Registry:
         """Yield the registry's events numbered after `after` (0: from the first), then new ones as
         they happen, in order, forever; with follow=False, stop at the end of the stored history instead.
         With `reconnect`, a stream lost to UNAVAILABLE or cut by the server with CANCELLED (a server
-        stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate. Stop by breaking out of the loop (the stream
-        is cancelled)."""
+        stopping or unreachable) is resumed after the last event yielded, with no gap or duplicate.
+        Stop by breaking out of the loop (the stream is cancelled)."""
         kinds = [kinds] if isinstance(kinds, (str, EventKind)) else kinds
         message = request(
             pb.WatchEventsRequest,
